@@ -1,0 +1,19 @@
+"""simmim_jax: segment attention with segment states, hierarchical encoding."""
+
+from simmim_jax.attention import full_attention
+from simmim_jax.attention import masked_softmax
+from simmim_jax.attention import segment_attention
+from simmim_jax.attention import segment_state_attention
+from simmim_jax.config import ModelConfig
+from simmim_jax.hierarchy import AGGREGATORS
+from simmim_jax.hierarchy import aggregator_params_spec
+from simmim_jax.hierarchy import hierarchical_aggregate
+from simmim_jax.layers import GlobalPool
+from simmim_jax.layers import SMIBlock
+from simmim_jax.models import CausalLM
+from simmim_jax.models import Classifier
+from simmim_jax.models import DualEncoderClassifier
+from simmim_jax.models import Encoder
+from simmim_jax.models import build_model
+
+__version__ = '0.1.0'

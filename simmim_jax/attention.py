@@ -1,0 +1,214 @@
+"""Attention as pure functions: segment attention, segment-state attention, full.
+
+Shapes follow one convention throughout:
+  q, k, v: [batch, length, heads, head_dim]
+  mask:    [batch, length] bool, True = real token.
+Scores and the softmax are computed in float32 whatever the input dtype; the
+output has the dtype of `q`.
+"""
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from simmim_jax import checks
+
+
+def masked_softmax(scores: jax.Array, allowed: Optional[jax.Array]) -> jax.Array:
+  """Softmax over the last axis, restricted to `allowed` entries.
+
+  Args:
+    scores: [..., keys] float32 logits.
+    allowed: bool, broadcastable to `scores`, or None for no restriction.
+
+  Returns:
+    float32 weights of `scores`' shape; a row with no allowed entry is all
+    zeros (not NaN), so its attention output is zero and its gradient finite.
+  """
+  if allowed is None:
+    return jax.nn.softmax(scores, axis=-1)
+  # A finite fill keeps exp() and its gradient NaN-free on empty rows.
+  scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+  row_max = jnp.max(scores, axis=-1, keepdims=True)
+  weights = jnp.where(allowed, jnp.exp(scores - row_max), 0.0)
+  total = jnp.sum(weights, axis=-1, keepdims=True)
+  return weights / jnp.where(total > 0, total, 1.0)
+
+
+def _check_qkv(q, k, v):
+  for name, x in (('q', q), ('k', k), ('v', v)):
+    checks.rank(x, 4, name, '[batch, length, heads, head_dim]')
+  checks.same_shape([('q', q.shape), ('k', k.shape), ('v', v.shape)])
+
+
+def split_segments(x: jax.Array, segment_len: int, fill=0) -> jax.Array:
+  """[batch, length, ...] -> [batch, num_segments, segment_len, ...].
+
+  The tail is padded with `fill` so length need not divide segment_len.
+  """
+  length = x.shape[1]
+  num_segments = -(-length // segment_len)
+  pad = num_segments * segment_len - length
+  if pad:
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, pad)
+    x = jnp.pad(x, widths, constant_values=fill)
+  return x.reshape(x.shape[0], num_segments, segment_len, *x.shape[2:])
+
+
+def merge_segments(x: jax.Array, length: int) -> jax.Array:
+  """[batch, num_segments, segment_len, ...] -> [batch, length, ...]."""
+  batch, num_segments, segment_len = x.shape[:3]
+  x = x.reshape(batch, num_segments * segment_len, *x.shape[3:])
+  return x[:, :length]
+
+
+def segment_mask(mask: Optional[jax.Array], batch: int, length: int,
+                 segment_len: int) -> Optional[jax.Array]:
+  """[batch, length] token mask -> [batch, num_segments] segment mask.
+
+  A segment is real when any of its tokens is real; internal tail padding is
+  not real. Returns None when every segment is real and no mask was given.
+  """
+  key_mask = segment_key_mask(mask, batch, length, segment_len)
+  return None if key_mask is None else jnp.any(key_mask, axis=2)
+
+
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      segment_len: int, *, mask: Optional[jax.Array] = None,
+                      causal: bool = False) -> jax.Array:
+  """Self-attention restricted to segments of `segment_len` positions.
+
+  Position t belongs to segment t // segment_len and attends only to the real
+  keys of its own segment (and only keys <= t when `causal`), with scores
+  q.k / sqrt(head_dim). Segments are a reshape to
+  [batch, num_segments, segment_len, ...]; no [length, length] matrix exists,
+  so cost is O(length * segment_len * head_dim) per head.
+
+  Args:
+    q, k, v: [batch, length, heads, head_dim]; any length.
+    segment_len: positive int.
+    mask: optional [batch, length] bool, True = real token.
+    causal: restrict keys to positions <= the query's.
+
+  Returns:
+    [batch, length, heads, head_dim] in q's dtype; a query with no allowed key
+    gives zeros.
+  """
+  segment_len = checks.positive_int(segment_len, 'segment_len')
+  _check_qkv(q, k, v)
+  batch, length, _, head_dim = q.shape
+  checks.mask(mask, (batch, length))
+
+  # Scaling q (length*d multiplies) is cheaper than scaling scores (length*l).
+  scale = jnp.asarray(1.0 / math.sqrt(head_dim), q.dtype)
+  q_seg = split_segments(q * scale, segment_len)
+  k_seg = split_segments(k, segment_len)
+  v_seg = split_segments(v, segment_len)
+  scores = jnp.einsum('bmqhd,bmkhd->bmhqk', q_seg, k_seg,
+                      preferred_element_type=jnp.float32)
+
+  allowed = None
+  key_mask = segment_key_mask(mask, batch, length, segment_len)
+  if key_mask is not None:
+    allowed = key_mask[:, :, None, None, :]  # [batch, m, 1, 1, keys]
+  if causal:
+    positions = jnp.arange(segment_len)
+    lower = positions[:, None] >= positions[None, :]  # [queries, keys]
+    allowed = lower if allowed is None else allowed & lower
+
+  weights = masked_softmax(scores, allowed).astype(v.dtype)
+  out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg,
+                   preferred_element_type=jnp.float32)
+  return merge_segments(out, length).astype(q.dtype)
+
+
+def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,
+                     segment_len: int) -> Optional[jax.Array]:
+  """[batch, num_segments, segment_len] validity of each key, or None if all."""
+  if mask is None:
+    if length % segment_len == 0:
+      return None
+    mask = jnp.ones((batch, length), bool)
+  return split_segments(mask.astype(bool), segment_len, False)
+
+
+def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
+                            w_v: jax.Array, *, mask: Optional[jax.Array] = None,
+                            causal: bool = False,
+                            exclude_self: bool = True) -> jax.Array:
+  """Each segment state attends to the other segments' states.
+
+    new_i = s_i + sum_{j allowed} softmax_j((s_i w_q).(s_j w_k) / sqrt(key_dim))
+                                   (s_j w_v)
+  where j is allowed when mask_j, j != i (unless `exclude_self=False`), and,
+  with `causal`, j < i (causal always excludes self: s_i has seen segment i's
+  future). With no allowed j, new_i = s_i.
+
+  Args:
+    states: [batch, num_segments, dim].
+    w_q, w_k: [dim, key_dim].
+    w_v: [dim, dim].
+    mask: optional [batch, num_segments] bool, True = real segment.
+    causal: attend to earlier segments only.
+    exclude_self: drop j == i (the equation's default); False is an ablation.
+
+  Returns:
+    [batch, num_segments, dim] in the states' dtype.
+  """
+  checks.rank(states, 3, 'states', '[batch, num_segments, dim]')
+  checks.rank(w_q, 2, 'w_q', '[dim, key_dim]')
+  checks.rank(w_k, 2, 'w_k', '[dim, key_dim]')
+  checks.rank(w_v, 2, 'w_v', '[dim, dim]')
+  batch, num_segments, dim = states.shape
+  if w_q.shape[0] != dim or w_k.shape[0] != dim:
+    raise ValueError(
+        f'w_q {w_q.shape} and w_k {w_k.shape} must have {dim} rows to match '
+        f'states {states.shape}')
+  checks.same_shape([('w_q', w_q.shape), ('w_k', w_k.shape)])
+  if w_v.shape != (dim, dim):
+    raise ValueError(f'w_v must have shape {(dim, dim)}, got {w_v.shape}')
+  checks.mask(mask, (batch, num_segments))
+
+  key_dim = w_q.shape[1]
+  queries = states @ w_q.astype(states.dtype)
+  keys = states @ w_k.astype(states.dtype)
+  values = states @ w_v.astype(states.dtype)
+  scores = jnp.einsum('bik,bjk->bij', queries, keys,
+                      preferred_element_type=jnp.float32) / math.sqrt(key_dim)
+
+  index = jnp.arange(num_segments)
+  if causal:
+    allowed = index[None, :] < index[:, None]
+  elif exclude_self:
+    allowed = index[None, :] != index[:, None]
+  else:
+    allowed = jnp.ones((num_segments, num_segments), bool)
+  allowed = allowed[None]  # [1, queries, keys]
+  if mask is not None:
+    allowed = allowed & mask.astype(bool)[:, None, :]
+
+  weights = masked_softmax(scores, allowed).astype(values.dtype)
+  update = jnp.einsum('bij,bjd->bid', weights, values,
+                      preferred_element_type=jnp.float32)
+  return (states.astype(jnp.float32) + update).astype(states.dtype)
+
+
+def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                   mask: Optional[jax.Array] = None,
+                   causal: bool = False) -> jax.Array:
+  """Ordinary attention over the whole sequence (the O(length^2) baseline).
+
+  Same shapes and masking as `segment_attention` with a single segment, through
+  `jax.nn.dot_product_attention` (which leaves no query without keys unless a
+  whole sequence is masked).
+  """
+  _check_qkv(q, k, v)
+  batch, length = q.shape[:2]
+  checks.mask(mask, (batch, length))
+  key_mask = None
+  if mask is not None:
+    key_mask = mask.astype(bool)[:, None, None, :]  # [batch, 1, 1, keys]
+  return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)

@@ -1,0 +1,191 @@
+"""Flax linen layers: they hold parameters and call the pure functions.
+
+Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv',
+'vocab', 'layers', ...) that the training stack maps to mesh axes.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from simmim_jax import attention
+from simmim_jax import hierarchy
+from simmim_jax.config import ModelConfig
+
+
+def dense_init(*axes: Optional[str]):
+  # DenseGeneral initialises its kernel flattened to 2-D, so fans are plain.
+  return nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+
+
+def layer_norm(config: ModelConfig, name: Optional[str] = None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+class Mlp(nn.Module):
+  """Dense(hidden) -> GELU -> dropout -> Dense(out).  x: [..., embed]."""
+  config: ModelConfig
+  out_dim: Optional[int] = None   # default: d_model
+  out_axis: str = 'embed'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    dense = lambda features, axes, name: nn.Dense(
+        features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+        kernel_init=dense_init(*axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                               axes[-1:]),
+        name=name)
+    x = dense(cfg.mlp_dim, ('embed', 'mlp'), 'wi')(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return dense(self.out_dim or cfg.d_model, ('mlp', self.out_axis), 'wo')(x)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head projections around segment attention (or full attention).
+
+  x: [batch, length, embed] -> [batch, length, embed].
+  """
+  config: ModelConfig
+  causal: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    cfg = self.config
+    project = lambda name: nn.DenseGeneral(
+        (cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
+        param_dtype=cfg.storage_dtype, use_bias=False,
+        kernel_init=dense_init('embed', 'heads', 'kv'),
+        name=name)
+    q, k, v = project('query')(x), project('key')(x), project('value')(x)
+    if cfg.family == 'transformer':
+      out = attention.full_attention(q, k, v, mask=mask, causal=self.causal)
+    else:
+      out = attention.segment_attention(q, k, v, cfg.segment_len, mask=mask,
+                                        causal=self.causal)
+    return nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
+        param_dtype=cfg.storage_dtype, use_bias=False,
+        kernel_init=dense_init('heads', 'kv', 'embed'),
+        name='out')(out)
+
+
+class SegmentStateMerge(nn.Module):
+  """Segment states attend to each other; the result is merged per segment.
+
+  Returns the update to add to x: [batch, length, embed], constant over the
+  positions of a segment. Non-causal: state = a segment's first vector, and
+  segment i receives FFN(s~_i). Causal: state = a segment's last vector (the
+  one that has seen the whole segment); s~ attends to earlier states only and
+  segment i receives FFN(s~_{i-1}), so nothing merged into segment i depends
+  on segment i itself; segment 0 receives nothing.
+  """
+  config: ModelConfig
+  causal: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    cfg = self.config
+    batch, length, dim = x.shape
+    segments = attention.split_segments(x, cfg.segment_len)
+    states = segments[:, :, -1 if self.causal else 0]  # [batch, m, embed]
+    segment_mask = attention.segment_mask(mask, batch, length, cfg.segment_len)
+    states = layer_norm(cfg, 'state_norm')(states)
+
+    key_dim = cfg.state_key_dim or dim
+    weight = lambda name, shape, axes: self.param(
+        name, dense_init(*axes), shape, cfg.storage_dtype)
+    w_q = weight('w_q', (dim, key_dim), ('embed', 'state_kv'))
+    w_k = weight('w_k', (dim, key_dim), ('embed', 'state_kv'))
+    w_v = weight('w_v', (dim, dim), ('embed', 'state_embed'))
+    new_states = attention.segment_state_attention(
+        states, w_q, w_k, w_v, mask=segment_mask, causal=self.causal,
+        exclude_self=cfg.exclude_self)
+    if cfg.ffn_merge:
+      update = Mlp(cfg, name='merge_ffn')(new_states,
+                                          deterministic=self.deterministic)
+    else:
+      update = new_states
+    if self.causal:
+      update = jnp.pad(update[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    return jnp.repeat(update, cfg.segment_len, axis=1)[:, :length]
+
+
+class SMIBlock(nn.Module):
+  """One pre-LayerNorm layer: attention, segment-state merge, MLP.
+
+  With family 'simmim' this is the SMI block; 'local' drops the state merge
+  and 'transformer' uses full attention, so the baselines differ from SimMIM
+  only in token mixing. Returns (x, None) so it can be scanned over layers.
+  """
+  config: ModelConfig
+  causal: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array]):
+    cfg = self.config
+    dropout = lambda y: nn.Dropout(cfg.dropout_rate)(
+        y, deterministic=self.deterministic)
+    x = x + dropout(SelfAttention(cfg, self.causal, name='attention')(
+        layer_norm(cfg, 'attention_norm')(x), mask))
+    if cfg.uses_segment_states:
+      x = x + dropout(SegmentStateMerge(
+          cfg, self.causal, self.deterministic, name='state_merge')(x, mask))
+    x = x + dropout(Mlp(cfg, name='mlp')(layer_norm(cfg, 'mlp_norm')(x),
+                                         deterministic=self.deterministic))
+    return x, None
+
+
+class GlobalPool(nn.Module):
+  """Token outputs -> one vector per example.
+
+  'hierarchical': mean of each segment's real tokens, then the pairwise
+  hierarchy of `hierarchy.hierarchical_aggregate`. 'mean': mean of real tokens.
+  x: [batch, length, embed] -> [batch, embed].
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    cfg = self.config
+    batch, length, dim = x.shape
+    if mask is None:
+      mask = jnp.ones((batch, length), bool)
+    if cfg.pooling == 'mean':
+      return hierarchy.masked_mean(x, mask, axis=1)
+
+    token_mask = attention.split_segments(mask.astype(bool), cfg.segment_len,
+                                          False)
+    nodes = hierarchy.masked_mean(attention.split_segments(x, cfg.segment_len),
+                         token_mask, axis=2)
+    params = {}
+    levels = max(cfg.max_levels, 1)
+    for name, (shape, axes, init) in hierarchy.aggregator_params_spec(
+        cfg.aggregator, dim, cfg.num_heads).items():
+      if cfg.per_level_weights:
+        shape, axes = (levels, *shape), ('levels', *axes)
+        init = _stacked(init, levels)
+      params[name] = self.param(
+          name, nn.with_logical_partitioning(init, axes), shape,
+          cfg.storage_dtype)
+    return hierarchy.hierarchical_aggregate(
+        nodes, params, aggregator=cfg.aggregator,
+        mask=jnp.any(token_mask, axis=2), num_levels=cfg.num_levels,
+        per_level=cfg.per_level_weights)
+
+
+def _stacked(init, levels: int):
+  """An initializer for [levels, *shape] that initialises each level alone."""
+  def stacked_init(key, shape, dtype=jnp.float32):
+    keys = jax.random.split(key, levels)
+    return jax.vmap(lambda k: init(k, shape[1:], dtype))(keys)
+  return stacked_init

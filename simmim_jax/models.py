@@ -1,0 +1,152 @@
+"""Models: encoder stack and the three task heads.
+
+  Encoder               tokens -> token outputs [batch, length, embed]
+  Classifier            tokens -> logits [batch, num_classes]
+  DualEncoderClassifier (tokens, other_tokens) -> logits  (LRA Retrieval style)
+  CausalLM              tokens -> next-token logits [batch, length, vocab]
+
+`build_model(config)` picks the head named by `config.head`.
+"""
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from simmim_jax import checks
+from simmim_jax import layers
+from simmim_jax.config import ModelConfig
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+  """[length, dim] fixed sin/cos position codes (Vaswani et al. 2017)."""
+  position = np.arange(length)[:, None]
+  frequency = np.exp(-math.log(10000.0) * np.arange(0, dim, 2) / dim)
+  codes = np.zeros((length, dim), np.float32)
+  codes[:, 0::2] = np.sin(position * frequency)
+  codes[:, 1::2] = np.cos(position * frequency)
+  return codes
+
+
+class Encoder(nn.Module):
+  """Token + position embeddings, scanned blocks, final LayerNorm.
+
+  tokens: [batch, length] int; mask: [batch, length] bool (True = real).
+  Returns [batch, length, embed].
+  """
+  config: ModelConfig
+  causal: bool = False
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    checks.rank(tokens, 2, 'tokens', '[batch, length]')
+    batch, length = tokens.shape
+    if length > cfg.max_len:
+      raise ValueError(f'input length {length} exceeds max_len {cfg.max_len}')
+    checks.token_ids(tokens, cfg.vocab_size)
+    checks.mask(mask, (batch, length))
+
+    x = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+        param_dtype=cfg.storage_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ('vocab', 'embed')),
+        name='token_embedding')(tokens)
+    if cfg.positions == 'learned':
+      table = self.param(
+          'position_embedding',
+          nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                       ('position', 'embed')),
+          (cfg.max_len, cfg.d_model), cfg.storage_dtype)
+      x = x + table[:length].astype(x.dtype)
+    else:
+      x = x + sinusoidal_positions(length, cfg.d_model).astype(x.dtype)
+    # A zero-valued hook whose gradient is the gradient w.r.t. the input
+    # embeddings (causality and attribution checks). Left out of init so
+    # parameters do not depend on the input length; create it with
+    # apply(..., mutable='perturbations').
+    if not self.is_initializing():
+      x = self.perturb('embeddings', x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    block = layers.SMIBlock
+    if cfg.remat:
+      block = nn.remat(block, prevent_cse=False)
+    stack = nn.scan(
+        block, variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(cfg, self.causal, deterministic, name='blocks')(x, mask)
+    return layers.layer_norm(cfg, 'final_norm')(x)
+
+
+class _PooledEncoder(nn.Module):
+  """Encoder + global pooling + logits MLP, shared by the two classifiers."""
+  config: ModelConfig
+
+  def setup(self):
+    self.encoder = Encoder(self.config)
+    self.pool = layers.GlobalPool(self.config)
+    self.head = layers.Mlp(self.config, out_dim=self.config.num_classes,
+                           out_axis='classes')
+
+  def encode(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
+             deterministic: bool = True) -> jax.Array:
+    """The global representation: [batch, embed]."""
+    outputs = self.encoder(tokens, mask, deterministic=deterministic)
+    return self.pool(outputs, mask)
+
+
+class Classifier(_PooledEncoder):
+  """Encoder -> global pooling -> MLP -> [batch, num_classes] logits."""
+
+  def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True) -> jax.Array:
+    pooled = self.encode(tokens, mask, deterministic=deterministic)
+    return self.head(pooled, deterministic=deterministic)
+
+
+class DualEncoderClassifier(_PooledEncoder):
+  """One shared encoder on both inputs; MLP over [a, b, a*b, a-b]."""
+
+  def __call__(self, tokens: jax.Array, other_tokens: jax.Array,
+               mask: Optional[jax.Array] = None,
+               other_mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True) -> jax.Array:
+    a = self.encode(tokens, mask, deterministic=deterministic)
+    b = self.encode(other_tokens, other_mask, deterministic=deterministic)
+    features = jnp.concatenate([a, b, a * b, a - b], axis=-1)
+    return self.head(features, deterministic=deterministic)
+
+
+class CausalLM(nn.Module):
+  """Causal encoder -> [batch, length, vocab] float32 next-token logits.
+
+  Output t depends on tokens <= t only, for every family.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    x = Encoder(cfg, causal=True, name='encoder')(
+        tokens, mask, deterministic=deterministic)
+    logits = nn.Dense(
+        cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+        kernel_init=layers.dense_init('embed', 'vocab'),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                               ('vocab',)),
+        name='lm_head')(x)
+    return logits.astype(jnp.float32)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+  """The model for `config.head`."""
+  return {'classifier': Classifier, 'dual_encoder': DualEncoderClassifier,
+          'lm': CausalLM}[config.head](config)

@@ -1,0 +1,117 @@
+"""Float64 NumPy loop implementations of the equations, written independently
+of the library (no reshapes into segments, no masking tricks): the tests'
+ground truth."""
+
+import math
+
+import numpy as np
+
+
+def _softmax_weighted(scores, values):
+  """sum_j softmax(scores)_j values_j over a list; zeros for an empty list."""
+  if not scores:
+    return np.zeros(values[0].shape if values else (), np.float64)
+  scores = np.asarray(scores, np.float64)
+  weights = np.exp(scores - scores.max())
+  weights /= weights.sum()
+  return sum(w * v for w, v in zip(weights, values))
+
+
+def segment_attention(q, k, v, segment_len, mask=None, causal=False):
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  batch, length, heads, head_dim = q.shape
+  mask = np.ones((batch, length), bool) if mask is None else np.asarray(mask)
+  out = np.zeros_like(q)
+  for b in range(batch):
+    for h in range(heads):
+      for t in range(length):
+        start = (t // segment_len) * segment_len
+        keys = [j for j in range(start, min(start + segment_len, length))
+                if mask[b, j] and (not causal or j <= t)]
+        scores = [q[b, t, h] @ k[b, j, h] / math.sqrt(head_dim) for j in keys]
+        if keys:
+          out[b, t, h] = _softmax_weighted(scores, [v[b, j, h] for j in keys])
+  return out
+
+
+def segment_state_attention(states, w_q, w_k, w_v, mask=None, causal=False,
+                            exclude_self=True):
+  s, w_q, w_k, w_v = (np.asarray(a, np.float64) for a in (states, w_q, w_k, w_v))
+  batch, num_segments, _ = s.shape
+  key_dim = w_q.shape[1]
+  mask = (np.ones((batch, num_segments), bool) if mask is None
+          else np.asarray(mask))
+  out = s.copy()
+  for b in range(batch):
+    for i in range(num_segments):
+      others = [j for j in range(num_segments) if mask[b, j]
+                and (j < i if causal else (j != i or not exclude_self))]
+      if not others:
+        continue
+      scores = [(s[b, i] @ w_q) @ (s[b, j] @ w_k) / math.sqrt(key_dim)
+                for j in others]
+      out[b, i] = s[b, i] + _softmax_weighted(
+          scores, [s[b, j] @ w_v for j in others])
+  return out
+
+
+# Pair aggregators on single vectors.
+
+def concat_pair(params, left, right):
+  return (np.concatenate([left, right]) @ np.float64(params['kernel'])
+          + np.float64(params['bias']))
+
+
+def weighted_sum_pair(params, left, right):
+  logits = np.float64(params['logits'])
+  weights = np.exp(logits) / np.exp(logits).sum(axis=0)
+  return weights[0] * left + weights[1] * right
+
+
+def attention_pair(params, left, right):
+  query, key, value, out = (np.float64(params[n])
+                            for n in ('query', 'key', 'value', 'out'))
+  heads, head_dim = query.shape
+  result = np.zeros(out.shape[-1])
+  for h in range(heads):
+    scores = [query[h] @ (node @ key[:, h]) / math.sqrt(head_dim)
+              for node in (left, right)]
+    pooled = _softmax_weighted(scores, [left @ value[:, h], right @ value[:, h]])
+    result += pooled @ out[h]
+  return result
+
+
+PAIRS = {'concat': concat_pair, 'weighted_sum': weighted_sum_pair,
+         'attention': attention_pair}
+
+
+def hierarchical_aggregate(nodes, params, aggregator, mask=None,
+                           num_levels=None, per_level=False):
+  """Recursive Python: merge neighbours while more than one node is left."""
+  nodes = np.asarray(nodes, np.float64)
+  batch, num_segments, _ = nodes.shape
+  mask = (np.ones((batch, num_segments), bool) if mask is None
+          else np.asarray(mask))
+  combine = PAIRS[aggregator]
+
+  def reduce(level_nodes, level):
+    # level_nodes: list of (vector or None for a masked node).
+    if len(level_nodes) == 1 or (num_levels is not None and level == num_levels):
+      real = [n for n in level_nodes if n is not None]
+      return np.mean(real, axis=0) if real else np.zeros(nodes.shape[-1])
+    level_params = ({n: p[level] for n, p in params.items()} if per_level
+                    else params)
+    merged = []
+    for i in range(0, len(level_nodes), 2):
+      left = level_nodes[i]
+      right = level_nodes[i + 1] if i + 1 < len(level_nodes) else None
+      if left is not None and right is not None:
+        merged.append(combine(level_params, left, right))
+      else:
+        merged.append(left if left is not None else right)
+    return reduce(merged, level + 1)
+
+  return np.stack([
+      reduce([nodes[b, i] if mask[b, i] else None
+              for i in range(num_segments)], 0)
+      for b in range(batch)])

@@ -1,0 +1,238 @@
+"""Behaviour of the models: padding, causality, remat, jit, bad input."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import simmim_jax
+from simmim_jax import ModelConfig
+
+FAMILIES = ('simmim', 'local', 'transformer')
+
+
+def _config(**overrides):
+  fields = dict(vocab_size=17, d_model=32, num_heads=4, num_layers=2,
+                mlp_dim=48, max_len=64, segment_len=4, aggregator='concat')
+  fields.update(overrides)
+  return ModelConfig(**fields)
+
+
+def _tokens(rng, batch, length, vocab=17):
+  return jnp.asarray(rng.integers(0, vocab, size=(batch, length)), jnp.int32)
+
+
+def _init(model, *args):
+  return jax.jit(model.init)(jax.random.key(0), *args)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('aggregator', sorted(simmim_jax.AGGREGATORS))
+def test_padding_with_masked_tokens_changes_nothing(rng, family, aggregator):
+  cfg = _config(family=family, aggregator=aggregator)
+  classifier = simmim_jax.Classifier(cfg)
+  tokens = _tokens(rng, 2, 22)
+  padded = jnp.concatenate([tokens, _tokens(rng, 2, 19)], axis=1)
+  mask = jnp.arange(41)[None].repeat(2, 0) < 22
+  params = _init(classifier, padded, mask)
+
+  encode = jax.jit(lambda t, m: classifier.apply(
+      params, t, m, method=lambda mdl, t, m: mdl.encoder(t, m)))
+  np.testing.assert_allclose(encode(tokens, None),
+                             encode(padded, mask)[:, :22], atol=2e-5)
+  classify = jax.jit(classifier.apply)
+  np.testing.assert_allclose(classify(params, tokens),
+                             classify(params, padded, mask), atol=2e-5)
+
+
+def _input_gradients(model, params, tokens):
+  """[length_out, length_in]: |d output_t / d embedding_j| summed."""
+  perturbations = model.apply(params, tokens,
+                              mutable='perturbations')[1]['perturbations']
+
+  def output_norms(p):
+    logits = model.apply({**params, 'perturbations': p}, tokens)
+    return logits[0].sum(axis=-1)  # [length]
+
+  jac = jax.jacrev(output_norms)(perturbations)['encoder']['embeddings']
+  return np.abs(np.asarray(jac[:, 0])).sum(axis=-1)  # [out, in]
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_lm_is_causal_by_gradients(rng, family):
+  cfg = _config(family=family, head='lm', num_layers=2)
+  lm = simmim_jax.CausalLM(cfg)
+  tokens = _tokens(rng, 1, 18)  # 4 full segments and a partial one
+  params = _init(lm, tokens)
+  influence = _input_gradients(lm, params, tokens)
+  future = np.triu(np.ones_like(influence, bool), k=1)
+  assert np.all(influence[future] == 0.0), 'an output depends on the future'
+  assert np.all(np.diag(influence) > 0)
+  # Only segment states carry information across segment boundaries.
+  segment = np.arange(18) // 4
+  earlier_segment = segment[None, :] < segment[:, None]
+  if family == 'local':
+    assert np.all(influence[earlier_segment] == 0.0)
+  else:
+    assert np.all(influence[earlier_segment] > 0)
+
+
+@pytest.mark.parametrize('family', ['simmim', 'local'])
+def test_states_carry_information_between_segments(rng, family):
+  cfg = _config(family=family, num_layers=1)
+  model = simmim_jax.Encoder(cfg)
+  tokens = _tokens(rng, 1, 16)
+  params = _init(model, tokens)['params']
+  zeros = model.apply({'params': params}, tokens, mutable='perturbations')[1]
+
+  def out(p):
+    return model.apply({'params': params, **p}, tokens)[0, :4].sum()
+
+  grad = jax.grad(out)(zeros)['perturbations']['embeddings'][0]
+  other_segments = np.abs(np.asarray(grad[4:])).sum()
+  assert (other_segments > 0) == (family == 'simmim')
+
+
+@pytest.mark.parametrize('head', ['classifier', 'lm'])
+def test_remat_equals_no_remat(rng, head):
+  cfg = _config(head=head, dropout_rate=0.0)
+  tokens = _tokens(rng, 2, 13)
+  model = simmim_jax.build_model(cfg)
+  remat_model = simmim_jax.build_model(dataclasses.replace(cfg, remat=True))
+  params = _init(model, tokens)
+
+  def loss_and_grad(m):
+    return jax.jit(jax.value_and_grad(lambda p: m.apply(p, tokens).sum()))(
+        params)
+
+  (loss, grads), (remat_loss, remat_grads) = (loss_and_grad(model),
+                                              loss_and_grad(remat_model))
+  np.testing.assert_allclose(loss, remat_loss, rtol=1e-6)
+  chex.assert_trees_all_close(grads, remat_grads, rtol=1e-4, atol=1e-5)
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_classifier(self):
+    rng = np.random.default_rng(3)
+    cfg = _config(aggregator='attention')
+    model = simmim_jax.Classifier(cfg)
+    tokens = _tokens(rng, 2, 30)
+    mask = jnp.arange(30)[None].repeat(2, 0) < jnp.asarray([[30], [17]])
+    params = _init(model, tokens, mask)
+    want = model.apply(params, tokens, mask)
+    got = self.variant(model.apply)(params, tokens, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dual_encoder_is_symmetric_in_shared_features(rng):
+  cfg = _config(head='dual_encoder', num_classes=3)
+  model = simmim_jax.DualEncoderClassifier(cfg)
+  a, b = _tokens(rng, 2, 12), _tokens(rng, 2, 20)
+  params = _init(model, a, b)
+  logits = jax.jit(model.apply)(params, a, b)
+  assert logits.shape == (2, 3)
+  # One encoder serves both inputs: encoding is the same whichever side.
+  enc = jax.jit(lambda t: model.apply(params, t, method=model.encode))
+  np.testing.assert_allclose(enc(a)[0], enc(a[:1])[0], atol=1e-5)
+  assert 'encoder' in params['params'] and len(params['params']) == 3
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_bfloat16_and_dropout(rng, family):
+  cfg = _config(family=family, dtype='bfloat16', dropout_rate=0.1)
+  model = simmim_jax.Classifier(cfg)
+  tokens = _tokens(rng, 2, 24)
+  params = _init(model, tokens)
+  apply = jax.jit(model.apply, static_argnames='deterministic')
+  eval_out = apply(params, tokens)
+  train_out = apply(params, tokens, deterministic=False,
+                    rngs={'dropout': jax.random.key(5)})
+  assert np.all(np.isfinite(np.float32(eval_out)))
+  assert not np.allclose(np.float32(eval_out), np.float32(train_out))
+
+
+def test_parameters_are_scanned_and_named():
+  cfg = _config(num_layers=3, per_level_weights=True)
+  variables = _init(simmim_jax.Classifier(cfg), jnp.zeros((1, 64), jnp.int32))
+  boxes = jax.tree.leaves(variables['params'],
+                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(b, nn.Partitioned) for b in boxes)
+  for box in boxes:
+    assert len(box.names) == box.value.ndim
+  blocks = variables['params']['encoder']['blocks']
+  assert blocks['attention']['query']['kernel'].names[0] == 'layers'
+  assert blocks['attention']['query']['kernel'].value.shape[0] == 3
+  assert variables['params']['pool']['kernel'].value.shape[0] == cfg.max_levels
+  assert 'state_merge' in blocks
+
+
+def test_ablation_switches_change_parameters_and_outputs(rng):
+  tokens = _tokens(rng, 1, 40)
+  base = _config()
+
+  def run(**change):
+    cfg = dataclasses.replace(base, **change)
+    model = simmim_jax.Classifier(cfg)
+    params = _init(model, tokens)
+    return params, jax.jit(model.apply)(params, tokens)
+
+  base_params, base_out = run()
+  for change in ({'exclude_self': False}, {'ffn_merge': False},
+                 {'segment_states': False}, {'per_level_weights': False},
+                 {'num_levels': 1}, {'pooling': 'mean'},
+                 {'positions': 'sinusoidal'}, {'state_key_dim': 8}):
+    _, out = run(**change)
+    assert not np.allclose(out, base_out), change
+  no_merge, _ = run(ffn_merge=False)
+  assert 'merge_ffn' not in no_merge['params']['encoder']['blocks'][
+      'state_merge']
+  shared, _ = run(per_level_weights=False)
+  assert shared['params']['pool']['kernel'].value.ndim == 2
+
+
+def test_bad_model_inputs(rng):
+  cfg = _config()
+  model = simmim_jax.Classifier(cfg)
+  params = _init(model, _tokens(rng, 1, 8))
+  with pytest.raises(ValueError, match='id 17, outside'):
+    model.apply(params, jnp.full((1, 8), 17, jnp.int32))
+  with pytest.raises(ValueError, match='id -1, outside'):
+    model.apply(params, jnp.full((1, 8), -1, jnp.int32))
+  with pytest.raises(ValueError, match='exceeds max_len 64'):
+    model.apply(params, jnp.zeros((1, 65), jnp.int32))
+  with pytest.raises(ValueError, match='tokens must have rank 2'):
+    model.apply(params, jnp.zeros((8,), jnp.int32))
+  with pytest.raises(ValueError, match='integer token ids'):
+    model.apply(params, jnp.zeros((1, 8), jnp.float32))
+  with pytest.raises(ValueError, match=r'mask must have shape \(1, 8\)'):
+    model.apply(params, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 7), bool))
+
+
+@pytest.mark.parametrize('change,message', [
+    ({'d_model': 0}, 'd_model must be a positive integer'),
+    ({'num_heads': 5}, 'divisible by num_heads'),
+    ({'segment_len': 128}, r'segment_len \(128\) exceeds max_len'),
+    ({'family': 'mamba'}, "family must be one of"),
+    ({'aggregator': 'max'}, "unknown aggregator 'max'"),
+    ({'pooling': 'cls'}, 'pooling must be one of'),
+    ({'dropout_rate': 1.0}, 'dropout_rate'),
+    ({'num_levels': 0}, 'num_levels'),
+    ({'dtype': 'float8'}, 'dtype must be one of'),
+    ({'remat': 'yes'}, 'remat must be True or False'),
+])
+def test_bad_config(change, message):
+  with pytest.raises(ValueError, match=message):
+    _config(**change)
+
+
+def test_unknown_config_field():
+  with pytest.raises(ValueError, match=r"unknown model config field\(s\) "
+                     r"\['segment_length'\]"):
+    ModelConfig.from_dict({'vocab_size': 4, 'segment_length': 8})
+  assert ModelConfig.from_dict({'vocab_size': 4}).segment_len == 128

@@ -1,0 +1,22 @@
+"""Every notebook in notebooks/ runs headless from top to bottom."""
+
+import pathlib
+
+import pytest
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / 'notebooks').glob(
+    '*.ipynb'))
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  notebook = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(
+      notebook, timeout=600, kernel_name='python3',
+      resources={'metadata': {'path': str(path.parent)}})
+  client.execute()
+  errors = [o for cell in notebook.cells for o in cell.get('outputs', [])
+            if o.get('output_type') == 'error']
+  assert not errors
