@@ -3,8 +3,8 @@
 Shapes follow one convention throughout:
   q, k, v: [batch, length, heads, head_dim]
   mask:    [batch, length] bool, True = real token.
-Scores and the softmax are computed in float32 whatever the input dtype; the
-output has the dtype of `q`.
+Scores and the softmax are computed in float32 (float64 for float64 inputs)
+whatever the input dtype; the output has the dtype of `q`.
 """
 
 import math
@@ -20,11 +20,11 @@ def masked_softmax(scores: jax.Array, allowed: Optional[jax.Array]) -> jax.Array
   """Softmax over the last axis, restricted to `allowed` entries.
 
   Args:
-    scores: [..., keys] float32 logits.
+    scores: [..., keys] float logits (float32 or wider).
     allowed: bool, broadcastable to `scores`, or None for no restriction.
 
   Returns:
-    float32 weights of `scores`' shape; a row with no allowed entry is all
+    weights of `scores`' shape and dtype; a row with no allowed entry is all
     zeros (not NaN), so its attention output is zero and its gradient finite.
   """
   if allowed is None:
@@ -35,6 +35,11 @@ def masked_softmax(scores: jax.Array, allowed: Optional[jax.Array]) -> jax.Array
   weights = jnp.where(allowed, jnp.exp(scores - row_max), 0.0)
   total = jnp.sum(weights, axis=-1, keepdims=True)
   return weights / jnp.where(total > 0, total, 1.0)
+
+
+def _score_dtype(dtype) -> jnp.dtype:
+  """float32, or wider when the inputs are (bf16 and f16 scores stay f32)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _check_qkv(q, k, v):
@@ -107,8 +112,9 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   q_seg = split_segments(q * scale, segment_len)
   k_seg = split_segments(k, segment_len)
   v_seg = split_segments(v, segment_len)
+  score_dtype = _score_dtype(q.dtype)
   scores = jnp.einsum('bmqhd,bmkhd->bmhqk', q_seg, k_seg,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=score_dtype)
 
   allowed = None
   key_mask = segment_key_mask(mask, batch, length, segment_len)
@@ -121,7 +127,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   weights = masked_softmax(scores, allowed).astype(v.dtype)
   out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg,
-                   preferred_element_type=jnp.float32)
+                   preferred_element_type=score_dtype)
   return merge_segments(out, length).astype(q.dtype)
 
 
@@ -176,8 +182,9 @@ def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
   queries = states @ w_q.astype(states.dtype)
   keys = states @ w_k.astype(states.dtype)
   values = states @ w_v.astype(states.dtype)
+  score_dtype = _score_dtype(states.dtype)
   scores = jnp.einsum('bik,bjk->bij', queries, keys,
-                      preferred_element_type=jnp.float32) / math.sqrt(key_dim)
+                      preferred_element_type=score_dtype) / math.sqrt(key_dim)
 
   index = jnp.arange(num_segments)
   if causal:
@@ -192,8 +199,8 @@ def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
 
   weights = masked_softmax(scores, allowed).astype(values.dtype)
   update = jnp.einsum('bij,bjd->bid', weights, values,
-                      preferred_element_type=jnp.float32)
-  return (states.astype(jnp.float32) + update).astype(states.dtype)
+                      preferred_element_type=score_dtype)
+  return (states.astype(score_dtype) + update).astype(states.dtype)
 
 
 def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,

@@ -204,3 +204,20 @@ def test_bad_state_inputs():
   with pytest.raises(ValueError, match=r'mask must have shape \(2, 5\)'):
     simmim_jax.segment_state_attention(states, w, w, w_v,
                                        mask=jnp.ones((2, 4), bool))
+
+
+def test_float64_inputs_keep_float64_precision(rng):
+  with jax.enable_x64(True):
+    q, k, v = _qkv(rng, 2, 21, 2, 4, np.float64)
+    mask = _suffix_mask(rng, 2, 21)
+    got = simmim_jax.segment_attention(q, k, v, 8, mask=mask, causal=True)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(
+        got, reference.segment_attention(q, k, v, 8, mask, True), rtol=1e-12,
+        atol=1e-12)
+    states, w_q, w_k, w_v = _state_inputs(rng, 2, 6, 5, 3, np.float64)
+    got = simmim_jax.segment_state_attention(states, w_q, w_k, w_v)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(
+        got, reference.segment_state_attention(states, w_q, w_k, w_v),
+        rtol=1e-12, atol=1e-12)

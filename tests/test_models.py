@@ -236,3 +236,16 @@ def test_unknown_config_field():
                      r"\['segment_length'\]"):
     ModelConfig.from_dict({'vocab_size': 4, 'segment_length': 8})
   assert ModelConfig.from_dict({'vocab_size': 4}).segment_len == 128
+
+
+def test_program_size_does_not_grow_with_depth(rng):
+  tokens = _tokens(rng, 1, 16)
+
+  def num_equations(num_layers):
+    model = simmim_jax.Classifier(_config(num_layers=num_layers))
+    params = jax.eval_shape(model.init, jax.random.key(0), tokens)
+    jaxpr = jax.make_jaxpr(model.apply)(params, tokens)
+    return len(jaxpr.jaxpr.eqns), str(jaxpr).count('scan[')
+
+  (two, scans), (twelve, _) = num_equations(2), num_equations(12)
+  assert two == twelve and scans >= 1
