@@ -20,14 +20,17 @@ setuptools.setup(
     python_requires='>=3.10',
     install_requires=[
         'absl-py>=2.1',
+        'array_record>=0.8',    # TFDS storage format readable without TF
         'chex>=0.1.90',
         'flax>=0.12',
+        'grain>=0.2.12',
         'importlib_resources',  # tensorflow-datasets needs it without TF
         'jax>=0.10',
         'ml-collections>=1.0',
         'numpy>=1.26',
         'optax>=0.2.8',
         'orbax-checkpoint>=0.12',
+        'tensorboardX>=2.6',    # TensorBoard event files without TF
         'tensorflow-datasets>=4.9.9',
     ],
     extras_require={

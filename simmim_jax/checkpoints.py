@@ -1,0 +1,143 @@
+"""Checkpoints: orbax CheckpointManager in DIR/checkpoints.
+
+Each checkpoint holds the train state and the input iterator's position, so
+a resumed run sees exactly the batches an uninterrupted one would. Saves are
+asynchronous; a save killed half-way leaves only a temporary directory that
+restore ignores, so the previous checkpoint stays usable.
+"""
+
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+CONFIG_FILE = 'config.json'
+
+
+class Checkpointer:
+  """Saves and restores (train state, data iterator) pairs under a workdir."""
+
+  def __init__(self, workdir: str, *, keep: int, best_metric: str,
+               best_mode: str):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.best_metric = best_metric
+    preservation = policies.AnyPreservationPolicy([
+        policies.LatestN(keep),
+        policies.BestN(get_metric_fn=lambda m: m[best_metric],
+                       reverse=best_mode == 'min', n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=preservation,
+            enable_async_checkpointing=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any,
+           metrics: Optional[dict[str, float]] = None) -> None:
+    """Starts an asynchronous save; metrics (if any) rank it for 'best'."""
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator)),
+        metrics=metrics, force=True)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any, *,
+              config_changes: Sequence[str] = ()) -> Any:
+    """The state saved at `step` (sharded like `abstract_state`); the data
+    iterator is moved to where it was at that step. `config_changes` (model
+    fields changed since the run started) are named if shapes differ."""
+    self.check_shapes(step, abstract_state, config_changes)
+    try:
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as error:  # orbax raises many types for a bad directory
+      raise RuntimeError(
+          f'checkpoint {self.step_dir(step)} could not be restored ({error}). '
+          'It is left untouched; move it aside to resume from an earlier '
+          'checkpoint.') from error
+    return restored.state
+
+  def check_shapes(self, step: int, abstract_state: Any,
+                   config_changes: Sequence[str] = ()) -> None:
+    """Raises ValueError if the saved parameters differ in shape."""
+    try:
+      saved = self.manager.item_metadata(step).state
+    except Exception as error:
+      raise RuntimeError(
+          f'checkpoint {self.step_dir(step)} could not be restored: its '
+          f'metadata is unreadable ({error}). It is left untouched; move it '
+          'aside to resume from an earlier checkpoint.') from error
+    want = _shapes(abstract_state.params)
+    have = _shapes(saved['params'])
+    diffs = sorted(set(want.items()) ^ set(have.items()))
+    if diffs:
+      changed = sorted({path for path, _ in diffs})
+      raise ValueError(
+          f'checkpoint {self.step_dir(step)} has parameters of other shapes '
+          f'than this config builds (first differences: {changed[:5]}; model '
+          f'config changes: {list(config_changes) or "none"}). Resume with '
+          f'the config saved in {CONFIG_FILE} or use a new workdir.')
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes DIR/config.json (on the main process), atomically."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  os.replace(path + '.tmp', path)
+
+
+def load_config(workdir: str) -> Optional[dict[str, Any]]:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def model_config_changes(config: ml_collections.ConfigDict,
+                         workdir: str) -> list[str]:
+  """'field: saved -> now' for each model field that differs from the config
+  saved in `workdir` (empty for a new run)."""
+  saved = load_config(workdir)
+  if saved is None:
+    return []
+  saved_model = saved.get('model', {})
+  current_model = json.loads(config.to_json_best_effort())['model']
+  return [f'{name}: {saved_model.get(name)!r} -> {current_model.get(name)!r}'
+          for name in sorted(set(saved_model) | set(current_model))
+          if saved_model.get(name) != current_model.get(name)]

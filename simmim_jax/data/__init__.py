@@ -1,0 +1,17 @@
+"""Data layer: ListOps, a byte-level LM corpus and any TFDS dataset.
+
+Importing this package registers the TFDS builders `lra_listops` and
+`byte_lm`, so `tfds.builder('lra_listops/tiny', data_dir=...)` works offline.
+"""
+
+from simmim_jax.data.byte_corpus import ByteLm
+from simmim_jax.data.listops import LraListops
+from simmim_jax.data.listops import decode_listops
+from simmim_jax.data.listops import encode_listops
+from simmim_jax.data.listops import evaluate_listops
+from simmim_jax.data.listops import generate_listops
+from simmim_jax.data.listops import iter_listops
+from simmim_jax.data.pipeline import Datasets
+from simmim_jax.data.pipeline import create_datasets
+from simmim_jax.data.pipeline import default_data_config
+from simmim_jax.data.pipeline import validate_data_config

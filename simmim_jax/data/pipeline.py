@@ -1,0 +1,370 @@
+"""Input pipelines: TFDS array-record datasets -> padded numpy batches.
+
+`create_datasets(config, ...)` reads `lra_listops`, `byte_lm` or any TFDS
+dataset prepared in array-record format (no TensorFlow needed) and returns an
+infinite, seeded, per-process grain loader for training plus finite padded
+passes for evaluation. Token id 0 is padding; real ids are >= 1.
+"""
+
+import dataclasses
+from typing import Any, Iterator, Optional
+
+import grain
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from simmim_jax.data import byte_corpus
+from simmim_jax.data import listops
+
+NAMES = ('lra_listops', 'byte_lm', 'tfds')
+ENCODINGS = ('bytes', 'ids')
+BYTE_VOCAB_SIZE = 257  # byte b -> id b + 1
+_LOCAL_BUILDERS = {'lra_listops': listops.LraListops,
+                   'byte_lm': byte_corpus.ByteLm}
+
+
+def _optional_str():
+  """None by default, yet overridable with --config.data.<field>=<str>."""
+  return ml_collections.config_dict.placeholder(str)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The `data` sub-config with every field at its default."""
+  return ml_collections.ConfigDict({
+      'name': 'lra_listops',      # 'lra_listops' | 'byte_lm' | 'tfds'
+      'builder_config': 'tiny',   # lra_listops: tiny|small|standard|lra_release
+                                  # byte_lm: small|full
+      'data_dir': _optional_str(),           # TFDS data dir; None = TFDS default
+      'manual_dir': _optional_str(),         # lra_release TSVs (None: TFDS default,
+                                  # <data_dir>/downloads/manual)
+      'prepare': True,            # build lra_listops / byte_lm when absent
+      'max_len': 128,             # pad / truncate every sequence to this
+      'train_split': 'train',
+      'eval_splits': ('validation', 'test'),
+      'worker_count': 0,          # grain worker processes (0: in this one);
+                                  # batch order depends on it, and >0 needs
+                                  # absl flags parsed (absl.app.run)
+      'read_threads': 4,          # grain threads reading records
+      # name='tfds' only: any dataset already prepared in array-record format.
+      'dataset': '',              # e.g. 'imdb_reviews/plain_text:1.0.0'
+      'input_key': 'text',        # feature with the (first) input sequence
+      'other_input_key': _optional_str(),    # second input: task 'dual'
+      'label_key': 'label',       # None: task 'lm'
+      'num_classes': 0,           # 0: from the label's ClassLabel feature
+      'encoding': 'bytes',        # 'bytes': text as utf-8; 'ids': int sequence
+      'vocab_size': 0,            # 'ids': values in [0, vocab_size), id = v + 1
+  })
+
+
+@dataclasses.dataclass
+class _Spec:
+  """What one dataset's examples hold and how they become tokens."""
+  task: str                 # 'classification' | 'dual' | 'lm'
+  vocab_size: int           # including pad id 0
+  num_classes: int          # 0 for 'lm'
+  encoding: str             # 'listops' | 'bytes' | 'ids'
+  input_key: str
+  other_input_key: Optional[str]
+  label_key: Optional[str]
+
+
+class _Encode(grain.transforms.Map):
+  """TFDS example -> `tokens`, `mask`[, `other_*`][, `label`], `weight`."""
+
+  def __init__(self, spec: _Spec, max_len: int):
+    self.spec = spec
+    self.max_len = max_len
+
+  def ids(self, value: Any) -> np.ndarray:
+    """Token ids int32 [<= max_len] of one feature value, all >= 1."""
+    spec = self.spec
+    if spec.encoding == 'listops':
+      ids = listops.encode_listops(_text(value, spec.input_key))
+    elif spec.encoding == 'bytes':
+      if isinstance(value, str):
+        value = value.encode('utf-8')
+      if not isinstance(value, bytes):
+        raise ValueError(f'encoding "bytes" needs text features, got '
+                         f'{type(value).__name__}')
+      ids = np.frombuffer(value, np.uint8).astype(np.int32) + 1
+    else:
+      values = np.asarray(value)
+      if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f'encoding "ids" needs 1-D integer features, got '
+                         f'dtype {values.dtype} shape {values.shape}')
+      low, high = (values.min(), values.max()) if values.size else (0, 0)
+      if low < 0 or high >= spec.vocab_size - 1:
+        bad = low if low < 0 else high
+        raise ValueError(f'id {bad} outside [0, vocab_size='
+                         f'{spec.vocab_size - 1}) of the data config')
+      ids = values.astype(np.int32) + 1
+    return ids[:self.max_len]  # LRA truncates long inputs too
+
+  def padded(self, value: Any) -> tuple[np.ndarray, np.ndarray]:
+    ids = self.ids(value)
+    tokens = np.zeros(self.max_len, np.int32)
+    tokens[:len(ids)] = ids
+    return tokens, np.arange(self.max_len) < len(ids)
+
+  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    spec = self.spec
+    out = {}
+    out['tokens'], out['mask'] = self.padded(element[spec.input_key])
+    if spec.other_input_key is not None:
+      out['other_tokens'], out['other_mask'] = self.padded(
+          element[spec.other_input_key])
+    if spec.label_key is not None:
+      label = int(element[spec.label_key])
+      if not 0 <= label < spec.num_classes:
+        raise ValueError(f'label {label} outside [0, num_classes='
+                         f'{spec.num_classes})')
+      out['label'] = np.int32(label)
+    out['weight'] = np.float32(1.0)
+    return out
+
+
+def _text(value: Any, key: str) -> str:
+  if isinstance(value, bytes):
+    return value.decode('utf-8')
+  if isinstance(value, str):
+    return value
+  raise ValueError(f'feature {key!r} must be text, got {type(value).__name__}')
+
+
+@dataclasses.dataclass
+class Datasets:
+  """Training loader and evaluation passes of one dataset, for this process.
+
+  Batches are dicts of numpy arrays with B = global batch // process_count:
+  `tokens` int32 [B, max_len] (0 = pad), `mask` bool [B, max_len] (True =
+  real token), `weight` float32 [B] (0 = padding example) and, by task,
+  `label` int32 [B] (classification, dual) and `other_tokens`, `other_mask`
+  (dual).
+  """
+  task: str
+  vocab_size: int
+  num_classes: int
+  train: grain.DataLoader
+  eval_splits: tuple[str, ...]
+  _eval_sources: dict[str, Any] = dataclasses.field(repr=False)
+  _encode: _Encode = dataclasses.field(repr=False)
+  _pad: dict[str, np.ndarray] = dataclasses.field(repr=False)
+  _eval_batch_size: int = 0
+  _process_index: int = 0
+  _process_count: int = 1
+
+  def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over this process's contiguous shard of `split`, in order.
+
+    Every process yields the same number of batches of the same shape; the
+    last one is filled with all-pad examples of weight 0.
+    """
+    if split not in self._eval_sources:
+      raise ValueError(f'eval split {split!r} is not one of eval_splits '
+                       f'{self.eval_splits}')
+    source = self._eval_sources[split]
+    per_process = -(-len(source) // self._process_count)
+    start = min(self._process_index * per_process, len(source))
+    stop = min(start + per_process, len(source))
+    size = self._eval_batch_size
+    for first in range(0, per_process, size):
+      indices = range(start + first, min(start + first + size, stop))
+      examples = [self._encode.map(source[i]) for i in indices]
+      examples += [self._pad] * (size - len(examples))
+      yield {k: np.stack([e[k] for e in examples]) for k in self._pad}
+
+
+def _nonnegative_int(value: Any, name: str, positive: bool = False) -> int:
+  low = 1 if positive else 0
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < low):
+    kind = 'positive' if positive else 'non-negative'
+    raise ValueError(f'{name} must be a {kind} integer, got {value!r}')
+  return int(value)
+
+
+def validate_data_config(config: Any) -> ml_collections.ConfigDict:
+  """`config` over the defaults; unknown fields and bad values raise."""
+  defaults = default_data_config()
+  unknown = sorted(set(config.keys()) - set(defaults.keys()))
+  if unknown:
+    raise ValueError(f'unknown data config field(s) {unknown}; known fields: '
+                     f'{sorted(defaults.keys())}')
+  # A fresh dict, not `defaults.update`: ConfigDict's type locking would turn
+  # a bad value into a TypeError that does not say which field is wrong.
+  cfg = ml_collections.ConfigDict(
+      {**defaults.to_dict(), **{k: config[k] for k in config.keys()}})
+  if cfg.name not in NAMES:
+    raise ValueError(f'data.name must be one of {NAMES}, got {cfg.name!r}')
+  _nonnegative_int(cfg.max_len, 'data.max_len', positive=True)
+  _nonnegative_int(cfg.worker_count, 'data.worker_count')
+  _nonnegative_int(cfg.read_threads, 'data.read_threads', positive=True)
+  if not isinstance(cfg.prepare, bool):
+    raise ValueError(f'data.prepare must be a bool, got {cfg.prepare!r}')
+  if isinstance(cfg.eval_splits, str):
+    raise ValueError(f'data.eval_splits must be a sequence of split names, '
+                     f'got the string {cfg.eval_splits!r}')
+  if cfg.name == 'tfds':
+    if not cfg.dataset or not isinstance(cfg.dataset, str):
+      raise ValueError('data.dataset must name a TFDS dataset when '
+                       f'data.name is "tfds", got {cfg.dataset!r}')
+    if cfg.encoding not in ENCODINGS:
+      raise ValueError(
+          f'data.encoding must be one of {ENCODINGS}, got {cfg.encoding!r}')
+    if cfg.encoding == 'ids':
+      _nonnegative_int(cfg.vocab_size, 'data.vocab_size', positive=True)
+    _nonnegative_int(cfg.num_classes, 'data.num_classes')
+  elif cfg.builder_config not in _builder_configs(cfg.name):
+    raise ValueError(
+        f'data.builder_config must be one of {_builder_configs(cfg.name)} '
+        f'for {cfg.name}, got {cfg.builder_config!r}')
+  return cfg
+
+
+def _builder_configs(name: str) -> tuple[str, ...]:
+  return tuple(c.name for c in _LOCAL_BUILDERS[name].BUILDER_CONFIGS)
+
+
+def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The prepared builder; built first when allowed, else a clear error."""
+  local = cfg.name in _LOCAL_BUILDERS
+  name = f'{cfg.name}/{cfg.builder_config}' if local else cfg.dataset
+  try:
+    builder = tfds.builder(name, data_dir=cfg.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise FileNotFoundError(
+        f'TFDS dataset {name!r} is not registered (import the module defining '
+        f'its builder) and not found in data_dir {cfg.data_dir!r} (None = the '
+        'TFDS default)') from None
+  if builder.is_prepared():
+    return builder
+  if local and cfg.prepare:
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=cfg.manual_dir))
+    return builder
+  if local:
+    command = (f"python -c \"import simmim_jax.data, tensorflow_datasets as "
+               f"tfds; tfds.builder('{name}', "
+               f"data_dir='{builder.data_dir_root}')"
+               f".download_and_prepare()\"")
+    hint = f'set data.prepare=True or build it with\n  {command}'
+  else:
+    hint = (f'prepare it where it can be downloaded, e.g. `tfds build {name} '
+            f'--file_format=array_record`, and copy it to '
+            f'{builder.data_dir_root}')
+  raise FileNotFoundError(
+      f'dataset {name} is not prepared in {builder.data_dir}; {hint}')
+
+
+def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
+  if cfg.name == 'lra_listops':
+    return _Spec('classification', listops.VOCAB_SIZE, listops.NUM_CLASSES,
+                 'listops', 'source', None, 'target')
+  if cfg.name == 'byte_lm':
+    return _Spec('lm', BYTE_VOCAB_SIZE, 0, 'bytes', 'text', None, None)
+  features = info.features
+  for field in ('input_key', 'other_input_key', 'label_key'):
+    key = cfg[field]
+    if key is not None and key not in features:
+      raise ValueError(f'data.{field}={key!r} is not a feature of '
+                       f'{cfg.dataset}; features: {sorted(features.keys())}')
+  num_classes = 0
+  if cfg.label_key is not None:
+    num_classes = cfg.num_classes or getattr(
+        features[cfg.label_key], 'num_classes', 0)
+    if not num_classes:
+      raise ValueError(f'data.num_classes must be set: feature '
+                       f'{cfg.label_key!r} is not a ClassLabel')
+  task = ('lm' if cfg.label_key is None else
+          'classification' if cfg.other_input_key is None else 'dual')
+  if task == 'lm' and cfg.other_input_key is not None:
+    raise ValueError('data.other_input_key needs a data.label_key (dual task)')
+  vocab = BYTE_VOCAB_SIZE if cfg.encoding == 'bytes' else cfg.vocab_size + 1
+  return _Spec(task, vocab, num_classes, cfg.encoding, cfg.input_key,
+               cfg.other_input_key, cfg.label_key)
+
+
+def _split_name(split: str, field: str, info: tfds.core.DatasetInfo) -> str:
+  base = split.split('[')[0] if isinstance(split, str) else None
+  if base not in info.splits:
+    raise ValueError(f'{field}={split!r} is not a split of {info.full_name}; '
+                     f'splits: {sorted(info.splits.keys())}')
+  return split
+
+
+def create_datasets(config: ml_collections.ConfigDict, *,
+                    global_batch_size: int, eval_batch_size: int, seed: int,
+                    process_index: Optional[int] = None,
+                    process_count: Optional[int] = None) -> Datasets:
+  """Train loader and eval passes of the dataset `config` names.
+
+  Args:
+    config: the experiment's `data` sub-config; see `default_data_config`.
+    global_batch_size: training examples per step over all processes.
+    eval_batch_size: evaluation examples per batch over all processes.
+    seed: shuffling seed in [0, 2**32); same seed, same batches.
+    process_index, process_count: this host's shard; default from jax.
+
+  Returns:
+    `Datasets` whose batches hold global_batch_size // process_count examples.
+  """
+  cfg = validate_data_config(config)
+  if process_index is None or process_count is None:
+    import jax  # only when the caller did not say which process this is
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
+  process_count = _nonnegative_int(process_count, 'process_count', True)
+  process_index = _nonnegative_int(process_index, 'process_index')
+  if process_index >= process_count:
+    raise ValueError(f'process_index {process_index} must be < process_count '
+                     f'{process_count}')
+  local_batch = {}
+  for name, size in (('global_batch_size', global_batch_size),
+                     ('eval_batch_size', eval_batch_size)):
+    _nonnegative_int(size, name, positive=True)
+    if size % process_count:
+      raise ValueError(f'{name} ({size}) must be divisible by process_count '
+                       f'({process_count})')
+    local_batch[name] = size // process_count
+  seed = _nonnegative_int(seed, 'seed')
+  if seed >= 2**32:
+    raise ValueError(f'seed must be < 2**32 (grain), got {seed}')
+
+  builder = _builder(cfg)
+  spec = _spec(cfg, builder.info)
+  train_split = _split_name(cfg.train_split, 'data.train_split', builder.info)
+  eval_splits = tuple(_split_name(s, 'data.eval_splits', builder.info)
+                      for s in cfg.eval_splits)
+  sources = builder.as_data_source(split=[train_split, *eval_splits])
+  train_source, eval_sources = sources[0], dict(zip(eval_splits, sources[1:]))
+  encode = _Encode(spec, cfg.max_len)
+  if len(train_source) < process_count:
+    raise ValueError(f'split {train_split} has {len(train_source)} examples, '
+                     f'fewer than the {process_count} processes')
+  # Wrong features fail here rather than in training; a padding example is
+  # all zeros: pad tokens, mask False, weight 0.
+  pad = {k: np.zeros_like(v) for k, v in encode.map(train_source[0]).items()}
+
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(train_source),
+      shard_options=grain.sharding.ShardOptions(
+          shard_index=process_index, shard_count=process_count,
+          drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=seed)
+  train = grain.DataLoader(
+      data_source=train_source, sampler=sampler,
+      operations=[encode, grain.transforms.Batch(
+          local_batch['global_batch_size'], drop_remainder=True)],
+      worker_count=cfg.worker_count,
+      read_options=grain.ReadOptions(num_threads=cfg.read_threads))
+  return Datasets(
+      task=spec.task, vocab_size=spec.vocab_size,
+      num_classes=spec.num_classes, train=train, eval_splits=eval_splits,
+      _eval_sources=eval_sources, _encode=encode, _pad=pad,
+      _eval_batch_size=local_batch['eval_batch_size'],
+      _process_index=process_index, _process_count=process_count)

@@ -1,0 +1,113 @@
+"""The experiment config: defaults for every field, and validation.
+
+Config files in experiments/configs/ start from `base_config()` and change
+what their task needs. `validate_config` runs before anything is built, so a
+bad value fails at start with a message naming the field.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from simmim_jax import optim
+from simmim_jax.config import ModelConfig
+
+# Model fields the trainer fills in from the data (see train.model_config).
+DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every top-level field with its default; task configs override these."""
+  from simmim_jax import data  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict()
+  config.seed = 0                  # parameters, dropout and data order
+  # ModelConfig kwargs; vocab_size, num_classes, head, max_len come from data.
+  config.model = ml_collections.ConfigDict(
+      {f.name: _overridable(f) for f in dataclasses.fields(ModelConfig)
+       if f.name not in DATA_DERIVED_MODEL_FIELDS})
+  config.data = data.default_data_config()  # see simmim_jax/data/pipeline.py
+  config.batch_size = 32           # global batch, split over the data axis
+  config.eval_batch_size = 32      # global eval batch
+  config.num_steps = 1000          # optimizer steps
+  config.learning_rate = 1e-3      # peak learning rate
+  config.schedule = 'cosine'       # 'constant' | 'cosine' | 'rsqrt'
+  config.warmup_steps = 100        # linear warmup from 0
+  config.min_lr_ratio = 0.0        # cosine: final lr / peak lr
+  config.weight_decay = 0.01       # AdamW decoupled decay (not biases/scales)
+  config.adam_b1 = 0.9             # AdamW beta1
+  config.adam_b2 = 0.98            # AdamW beta2
+  config.grad_clip_norm = 1.0      # global-norm clipping; 0 disables
+  config.label_smoothing = 0.0     # cross-entropy label smoothing
+  config.log_every = 50            # train metrics every N steps
+  config.eval_every = 500          # eval (and checkpoint) every N steps
+  config.eval_split = 'validation'  # split evaluated during training
+  config.test_split = 'test'       # evaluated once at the end ('' = none)
+  config.checkpoint_every = 500    # checkpoint every N steps (and at evals)
+  config.keep_checkpoints = 2      # keep the last K checkpoints (+ the best)
+  config.best_metric = 'eval_accuracy'  # ranks checkpoints for 'best'
+  config.best_mode = 'max'         # 'max' | 'min' for best_metric
+  config.progress = True           # progress bar with ETA on the terminal
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1)      # (data, model); -1 = remaining devices
+  from simmim_jax import sharding  # pylint: disable=g-import-not-at-top
+  config.mesh.rules = sharding.default_rules()  # logical axis -> mesh axis
+  return config
+
+
+def _overridable(field: dataclasses.Field):
+  """The field's default; a None default becomes a typed placeholder so that
+  --config.model.<field>=<int> can override it."""
+  if field.default is None:
+    return ml_collections.config_dict.placeholder(int)
+  return field.default
+
+
+_POSITIVE = ('batch_size', 'eval_batch_size', 'num_steps', 'log_every',
+             'eval_every', 'checkpoint_every', 'keep_checkpoints')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad or unknown field."""
+  known = base_config()
+  unknown = sorted(set(config.keys()) - set(known.keys()))
+  if unknown:
+    raise ValueError(f'unknown config field(s) {unknown}')
+  for name in _POSITIVE:
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f'{name} must be a positive integer, got {value!r}')
+  if config.schedule not in optim.SCHEDULES:
+    raise ValueError(f'schedule must be one of {list(optim.SCHEDULES)}, got '
+                     f'{config.schedule!r}')
+  if config.warmup_steps < 0 or config.warmup_steps > config.num_steps:
+    raise ValueError(f'warmup_steps must be in [0, num_steps], got '
+                     f'{config.warmup_steps}')
+  if not config.learning_rate > 0:
+    raise ValueError(f'learning_rate must be > 0, got {config.learning_rate}')
+  for name in ('weight_decay', 'grad_clip_norm', 'label_smoothing',
+               'min_lr_ratio'):
+    if config[name] < 0:
+      raise ValueError(f'{name} must be >= 0, got {config[name]}')
+  if config.label_smoothing >= 1:
+    raise ValueError(f'label_smoothing must be < 1, got '
+                     f'{config.label_smoothing}')
+  if config.best_mode not in ('max', 'min'):
+    raise ValueError(f"best_mode must be 'max' or 'min', got "
+                     f'{config.best_mode!r}')
+  if not config.best_metric.startswith('eval_'):
+    raise ValueError(f"best_metric must be an eval metric ('eval_...'), got "
+                     f'{config.best_metric!r}')
+  from simmim_jax import data  # pylint: disable=g-import-not-at-top
+  data.validate_data_config(config.data)
+  model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(config.model.keys()) - model_fields)
+  if unknown:
+    raise ValueError(f'unknown model field(s) {unknown}')
+  # The model is fully checked once the data fixes vocab_size etc.; check the
+  # rest now with placeholders so errors surface before data is built.
+  fields = {'vocab_size': 2, 'max_len': config.data.max_len,
+            **config.model.to_dict()}
+  try:
+    ModelConfig.from_dict(fields)
+  except ValueError as error:
+    raise ValueError(f'model: {error}') from None

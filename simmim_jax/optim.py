@@ -1,0 +1,54 @@
+"""Learning-rate schedules and the optimizer, from the experiment config."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+SCHEDULES = ('constant', 'cosine', 'rsqrt')
+# Parameters whose name is one of these are not weight-decayed.
+NO_DECAY = ('bias', 'scale')
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then constant, cosine or rsqrt decay.
+
+  rsqrt (LRA's): peak * sqrt(warmup / max(step, warmup)), so the decay starts
+  at the peak where the warmup ends.
+  """
+  peak, warmup = config.learning_rate, config.warmup_steps
+  if config.schedule == 'constant':
+    decay = optax.constant_schedule(peak)
+  elif config.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(
+        peak, max(config.num_steps - warmup, 1), alpha=config.min_lr_ratio)
+  elif config.schedule == 'rsqrt':
+    base = max(warmup, 1)
+    decay = lambda step: peak * jnp.sqrt(
+        base / jnp.maximum(jnp.asarray(step, jnp.float32) + base, base))
+  else:
+    raise ValueError(f'schedule must be one of {list(SCHEDULES)}, got '
+                     f'{config.schedule!r}')
+  if not warmup:
+    return decay
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay (all but biases and scales)."""
+  def decays(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return not names or names[-1] not in NO_DECAY
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with the schedule above."""
+  adamw = optax.adamw(learning_rate_schedule(config), b1=config.adam_b1,
+                      b2=config.adam_b2, weight_decay=config.weight_decay,
+                      mask=decay_mask)
+  if not config.grad_clip_norm:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)

@@ -1,0 +1,109 @@
+"""Device mesh and shardings: parameters by logical-axis rules, batch by data.
+
+The mesh has axes ('data', 'model'). Parameters carry logical axis names
+(see `layers.py`); `config.mesh.rules` maps each name to a mesh axis or None
+(replicated). The same code runs on 1 CPU, a GPU, or a TPU pod slice.
+"""
+
+import math
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'model')
+
+
+def default_rules() -> list[tuple[str, Any]]:
+  """Megatron-style tensor parallelism over 'model', batch over 'data'."""
+  return [
+      ('batch', 'data'),
+      ('mlp', 'model'),
+      ('heads', 'model'),
+      ('vocab', 'model'),
+      ('embed', None),
+      ('kv', None),
+      ('layers', None),
+  ]
+
+
+def create_mesh(shape: Sequence[int]) -> Mesh:
+  """A ('data', 'model') mesh; one -1 entry takes the remaining devices.
+
+  On one process the mesh may use the first devices only (its size must
+  divide the device count); on several it must use every device.
+  """
+  shape = [int(s) for s in shape]
+  num_devices = jax.device_count()
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f'mesh.shape must have {len(MESH_AXES)} entries '
+                     f'{MESH_AXES}, got {shape}')
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'mesh.shape entries must be positive, with at most one '
+                     f'-1, got {shape}')
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if num_devices % known:
+      raise ValueError(f'mesh.shape {shape}: {known} does not divide the '
+                       f'{num_devices} devices')
+    shape[shape.index(-1)] = num_devices // known
+  size = math.prod(shape)
+  if num_devices % size or (jax.process_count() > 1 and size != num_devices):
+    raise ValueError(f'mesh.shape {shape} needs {size} devices, which does '
+                     f'not fit the {num_devices} available')
+  devices = np.asarray(jax.devices()[:size]).reshape(shape)
+  return Mesh(devices, MESH_AXES,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
+  return create_mesh(config.mesh.shape)
+
+
+def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]]) -> Any:
+  """NamedShardings for the unboxed state, from its logical axis names.
+
+  Raises ValueError naming the parameter when a sharded dimension does not
+  divide by its mesh axis.
+  """
+  specs = nn.get_partition_spec(abstract_boxed_state)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
+  unboxed = nn.unbox(abstract_boxed_state)
+  for path, leaf, sharding in _zip_with_path(unboxed, shardings):
+    for dim, axis in zip(leaf.shape, sharding.spec):
+      axes = axis if isinstance(axis, tuple) else (axis,)
+      size = math.prod(mesh.shape[a] for a in axes if a is not None)
+      if dim % size:
+        raise ValueError(
+            f'parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} '
+            f'cannot be split over mesh axis {axis} of size {size}; change '
+            'mesh.shape or mesh.rules')
+  return shardings
+
+
+def _zip_with_path(tree, shardings):
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  flat_shardings = jax.tree_util.tree_leaves(
+      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  return [(path, leaf, s) for (path, leaf), s in zip(leaves, flat_shardings)]
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over 'data', the rest replicated."""
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict[str, np.ndarray],
+                 mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's slice of the batch -> global arrays sharded over 'data'."""
+  sharding = batch_sharding(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, value)
+          for name, value in local_batch.items()}

@@ -1,0 +1,126 @@
+"""Losses and the train/eval step functions (pure; the trainer jits them).
+
+Metrics are accumulated on device as sums so that nothing is fetched to the
+host between logging steps; `summarize` turns sums into means.
+"""
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+TASKS = ('classification', 'dual', 'lm')
+
+
+class TrainState(train_state.TrainState):
+  """Step, parameters and optimizer state (apply_fn and tx are static)."""
+
+
+def model_inputs(batch: Batch, task: str) -> tuple[jax.Array, ...]:
+  """The positional model arguments for a batch of `task`."""
+  if task == 'dual':
+    return (batch['tokens'], batch['other_tokens'], batch['mask'],
+            batch['other_mask'])
+  return batch['tokens'], batch['mask']
+
+
+def _cross_entropy(logits, labels, label_smoothing: float):
+  """(smoothed loss, plain negative log-likelihood), each [...]."""
+  logits = logits.astype(jnp.float32)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if not label_smoothing:
+    return nll, nll
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets), nll
+
+
+def metric_sums(logits: jax.Array, batch: Batch, task: str,
+                label_smoothing: float = 0.0) -> Metrics:
+  """Sums over the batch: loss, nll, correct predictions, count, tokens.
+
+  Classification counts examples (weighted by `weight`); the LM counts
+  predicted tokens: token t+1 is predicted from tokens <= t where both are real.
+  """
+  if task == 'lm':
+    labels = batch['tokens'][:, 1:]
+    logits = logits[:, :-1]
+    weights = (batch['mask'][:, 1:] & batch['mask'][:, :-1]).astype(
+        jnp.float32) * batch['weight'][:, None]
+  else:
+    labels, weights = batch['label'], batch['weight']
+  loss, nll = _cross_entropy(logits, labels, label_smoothing)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {
+      'loss_sum': jnp.sum(loss * weights),
+      'nll_sum': jnp.sum(nll * weights),
+      'correct_sum': jnp.sum(correct * weights),
+      'count': jnp.sum(weights),
+      'tokens': jnp.sum(batch['mask'] * batch['weight'][:, None]),
+  }
+
+
+SUM_NAMES = ('loss_sum', 'nll_sum', 'correct_sum', 'count', 'tokens')
+
+
+def empty_metrics(train: bool = True) -> Metrics:
+  """A zero accumulator; the train one also counts steps and remembers the
+  first step whose loss was not finite (-1 = none yet)."""
+  metrics = {name: jnp.zeros((), jnp.float32) for name in SUM_NAMES}
+  if train:
+    metrics['steps'] = jnp.zeros((), jnp.float32)
+    metrics['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)
+  return metrics
+
+
+def make_train_step(task: str, label_smoothing: float = 0.0) -> Callable:
+  """Returns train_step(state, batch, metrics, dropout_key) -> (state, metrics).
+
+  Dropout randomness is fold_in(dropout_key, step), so a resumed run draws the
+  same masks as an uninterrupted one.
+  """
+  def train_step(state: TrainState, batch: Batch, metrics: Metrics,
+                 dropout_key: jax.Array):
+    rng = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, *model_inputs(batch, task),
+                              deterministic=False, rngs={'dropout': rng})
+      sums = metric_sums(logits, batch, task, label_smoothing)
+      return sums['loss_sum'] / jnp.maximum(sums['count'], 1.0), sums
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    new_state = state.apply_gradients(grads=grads)
+    bad = ~jnp.isfinite(loss) & (metrics['first_nonfinite_step'] < 0)
+    updated = {name: metrics[name] + sums[name] for name in sums}
+    updated['steps'] = metrics['steps'] + 1
+    updated['first_nonfinite_step'] = jnp.where(
+        bad, state.step.astype(jnp.int32), metrics['first_nonfinite_step'])
+    return new_state, updated
+
+  return train_step
+
+
+def make_eval_step(apply_fn: Callable, task: str) -> Callable:
+  """Returns eval_step(params, batch, metrics) -> metrics (sums added)."""
+  def eval_step(params: Any, batch: Batch, metrics: Metrics) -> Metrics:
+    logits = apply_fn({'params': params}, *model_inputs(batch, task))
+    sums = metric_sums(logits, batch, task)
+    return {name: metrics[name] + sums[name] for name in sums}
+  return eval_step
+
+
+def summarize(sums: dict[str, float], task: str) -> dict[str, float]:
+  """Means from accumulated sums: loss, accuracy, and bits per byte (LM)."""
+  count = max(float(sums['count']), 1.0)
+  out = {'loss': float(sums['loss_sum']) / count,
+         'accuracy': float(sums['correct_sum']) / count}
+  if task == 'lm':
+    out['bits_per_byte'] = float(sums['nll_sum']) / count / math.log(2)
+  return out

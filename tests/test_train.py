@@ -1,0 +1,277 @@
+"""The training stack: outputs, resume, preemption, NaN, sharding, processes."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import simmim_jax.data  # noqa: F401  (registers lra_listops)
+from simmim_jax import metrics as metrics_lib
+from simmim_jax import steps
+from simmim_jax import train
+from tests import train_worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('lra_listops/tiny', data_dir=path).download_and_prepare(
+      file_format='array_record')
+  return path
+
+
+def _worker_env(devices: int = 1) -> dict[str, str]:
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PYTHONPATH'] = ROOT
+  return env
+
+
+def _start_worker(workdir, data_dir, num_steps, *extra, devices=1):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'tests.train_worker', str(workdir), data_dir,
+       str(num_steps), *map(str, extra)],
+      cwd=ROOT, env=_worker_env(devices), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, timeout=300) -> str:
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-3000:]
+  return output
+
+
+def _params(workdir, process=0):
+  with np.load(os.path.join(workdir, f'final_params_{process}.npz')) as f:
+    return dict(f)
+
+
+def _assert_identical(a, b):
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_run_writes_metrics_results_and_checkpoints(tmp_path, data_dir):
+  config = train_worker.small_config(data_dir, test_split='test')
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  records = metrics_lib.read_metrics(str(tmp_path))
+  train_steps = [r['step'] for r in records if 'train_loss' in r]
+  eval_steps = [r['step'] for r in records if 'eval_accuracy' in r]
+  assert train_steps == [1, 2, 3, 4, 5, 6] and eval_steps == [3, 6]
+  for r in records:
+    if 'train_loss' in r:
+      assert r['tokens_per_second'] > 0 and r['step_seconds'] > 0
+  on_disk = json.load(open(tmp_path / 'results.json'))
+  assert on_disk['final']['eval_accuracy'] == results['final']['eval_accuracy']
+  assert set(on_disk) >= {'final', 'best', 'test', 'wall_seconds'}
+  assert 0 <= on_disk['test']['test_accuracy'] <= 1
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '6']
+  assert any(f.startswith('events') for f in os.listdir(tmp_path /
+                                                         'tensorboard'))
+  assert json.load(open(tmp_path / 'config.json'))['model']['d_model'] == 32
+
+
+def test_keeps_the_best_checkpoint_besides_the_latest(tmp_path, data_dir):
+  # Loss keeps falling, so rank by eval_loss 'max': the worst (first) eval
+  # is the 'best' and must survive beside the last two.
+  config = train_worker.small_config(
+      data_dir, num_steps=8, eval_every=2, checkpoint_every=2,
+      keep_checkpoints=2, best_metric='eval_loss', best_mode='max')
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+  assert kept[-2:] == [6, 8] and results['best']['step'] in kept
+  assert len(kept) <= 3
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  _finish(_start_worker(workdir, data_dir, 30))
+  return _params(workdir)
+
+
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(
+    tmp_path, data_dir, uninterrupted):
+  rng = random.Random(0)
+  killed_at = []  # steps logged when each kill landed
+  while True:
+    process = _start_worker(tmp_path, data_dir, 30)
+    if len(killed_at) < 3:
+      # Wait for training to start, then kill at a random moment of it.
+      start = len(metrics_lib.read_metrics(str(tmp_path)))
+      while (process.poll() is None and
+             len(metrics_lib.read_metrics(str(tmp_path))) <= start):
+        time.sleep(0.02)
+      time.sleep(rng.uniform(0.0, 0.6))
+      if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        records = metrics_lib.read_metrics(str(tmp_path))
+        killed_at.append(records[-1]['step'] if records else 0)
+        continue
+    _finish(process)
+    break
+  assert len(killed_at) == 3, killed_at
+  assert any(0 < step < 30 for step in killed_at), killed_at
+  _assert_identical(_params(tmp_path), uninterrupted)
+  steps_logged = [r['step'] for r in metrics_lib.read_metrics(str(tmp_path))
+                  if 'train_loss' in r]
+  assert steps_logged == list(range(1, 31))
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir, uninterrupted):
+  process = _start_worker(tmp_path, data_dir, 30)
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    records = metrics_lib.read_metrics(str(tmp_path))
+    if any(r['step'] >= 3 for r in records):
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  output = _finish(process)
+  assert "'preempted': True" in output
+  stopped_at = int(output.split("'step': ")[-1].split('}')[0])
+  assert stopped_at < 30
+  assert str(stopped_at) in os.listdir(tmp_path / 'checkpoints')
+  _finish(_start_worker(tmp_path, data_dir, 30))
+  _assert_identical(_params(tmp_path), uninterrupted)
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, data_dir, monkeypatch):
+  real = steps.make_train_step
+
+  def poisoned(task, label_smoothing=0.0):
+    step_fn = real(task, label_smoothing)
+
+    def step(state, batch, metrics, key):
+      # From the 5th step on, every weight is NaN: the loss follows.
+      poison = jax.numpy.where(state.step >= 4, jax.numpy.nan, 1.0)
+      batch = dict(batch, weight=batch['weight'] * poison)
+      return step_fn(state, batch, metrics, key)
+    return step
+
+  monkeypatch.setattr(steps, 'make_train_step', poisoned)
+  config = train_worker.small_config(data_dir, num_steps=10)
+  with pytest.raises(FloatingPointError, match='NaN or Inf at step 5'):
+    train.train_and_evaluate(config, str(tmp_path))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+  assert saved[-1] == 4
+  # The last good checkpoint restores, with finite parameters.
+  monkeypatch.setattr(steps, 'make_train_step', real)
+  state, _ = train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=4), str(tmp_path))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_resume_with_other_model_shapes_is_refused(tmp_path, data_dir):
+  train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=2), str(tmp_path))
+  saved_config = open(tmp_path / 'config.json').read()
+  wider = train_worker.small_config(data_dir, num_steps=4,
+                                    **{'model.d_model': 48})
+  with pytest.raises(ValueError, match=r"d_model: 32 -> 48"):
+    train.train_and_evaluate(wider, str(tmp_path))
+  assert open(tmp_path / 'config.json').read() == saved_config
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, data_dir):
+  train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=2), str(tmp_path))
+  state_dir = tmp_path / 'checkpoints' / '2' / 'state'
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name != 'commit_success.txt':
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'garbage')
+  with pytest.raises(RuntimeError, match='could not be restored'):
+    train.train_and_evaluate(
+        train_worker.small_config(data_dir, num_steps=4), str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+
+
+def _losses(workdir):
+  return [r['train_loss'] for r in metrics_lib.read_metrics(workdir)
+          if 'train_loss' in r]
+
+
+def test_4x2_mesh_matches_one_device(tmp_path, data_dir):
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  runs = {}
+  for shape in ((1, 1), (4, 2)):
+    workdir = str(tmp_path / f'{shape[0]}x{shape[1]}')
+    config = train_worker.small_config(data_dir, num_steps=3, eval_every=3,
+                                       **{'mesh.shape': shape})
+    state, _ = train.train_and_evaluate(config, workdir)
+    runs[shape] = _losses(workdir)
+    if shape == (4, 2):
+      kernel = state.params['encoder']['blocks']['mlp']['wi']['kernel']
+      assert kernel.sharding.spec[-1] == 'model'
+  assert len(runs[(1, 1)]) == 3
+  np.testing.assert_allclose(runs[(4, 2)], runs[(1, 1)], rtol=1e-5, atol=1e-5)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_in_agreement(tmp_path, data_dir):
+  address = f'127.0.0.1:{_free_port()}'
+  workers = [_start_worker(tmp_path, data_dir, 4, address, pid, 2, devices=2)
+             for pid in range(2)]
+  outputs = [_finish(w) for w in workers]
+  results = [o.split('RESULTS ')[-1] for o in outputs]
+  assert results[0].split("'wall_seconds'")[0] == \
+      results[1].split("'wall_seconds'")[0]
+  _assert_identical(_params(tmp_path, 0), _params(tmp_path, 1))
+  assert len(_losses(str(tmp_path))) == 4
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 0, 'batch_size must be a positive integer'),
+    ('schedule', 'linear', 'schedule must be one of'),
+    ('best_metric', 'train_loss', 'best_metric must be an eval metric'),
+    ('model.family', 'rnn', "model: family must be one of"),
+    ('model.segment_len', 128, r'model: segment_len \(128\) exceeds max_len'),
+    ('model.d_model', -4, 'model: d_model must be a positive integer'),
+    ('mesh.shape', (3, 1), r'mesh.shape \[3, 1\] needs 3 devices'),
+    ('batch_size', 6, "batch_size 6 is not divisible by the mesh's data"),
+    ('data.max_len', 0, 'data.max_len must be a positive integer'),
+])
+def test_bad_config_fails_at_start_naming_the_field(tmp_path, data_dir, field,
+                                                    value, message):
+  config = train_worker.small_config(data_dir,
+                                     **{'mesh.shape': (4, 1), field: value})
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_unknown_config_field(tmp_path, data_dir):
+  config = train_worker.small_config(data_dir)
+  config.unlock()
+  config.num_step = 3
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) "
+                     r"\['num_step'\]"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+  config = train_worker.small_config(str(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError, match='not prepared'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
