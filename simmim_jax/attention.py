@@ -104,18 +104,43 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   """
   segment_len = checks.positive_int(segment_len, 'segment_len')
   _check_qkv(q, k, v)
-  batch, length, _, head_dim = q.shape
+  batch, length = q.shape[:2]
   checks.mask(mask, (batch, length))
 
+  weights = _segment_weights(q, k, segment_len, mask, causal).astype(v.dtype)
+  out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights,
+                   split_segments(v, segment_len),
+                   preferred_element_type=_score_dtype(q.dtype))
+  return merge_segments(out, length).astype(q.dtype)
+
+
+def segment_attention_weights(q: jax.Array, k: jax.Array, segment_len: int,
+                              *, mask: Optional[jax.Array] = None,
+                              causal: bool = False) -> jax.Array:
+  """The attention weights `segment_attention` uses, for inspection.
+
+  Args: as `segment_attention` (q, k: [batch, length, heads, head_dim]).
+
+  Returns:
+    [batch, num_segments, heads, segment_len (queries), segment_len (keys)]
+    float32 (or wider) weights; rows of padding or key-less queries are zero.
+  """
+  segment_len = checks.positive_int(segment_len, 'segment_len')
+  for name, x in (('q', q), ('k', k)):
+    checks.rank(x, 4, name, '[batch, length, heads, head_dim]')
+  checks.same_shape([('q', q.shape), ('k', k.shape)])
+  checks.mask(mask, q.shape[:2])
+  return _segment_weights(q, k, segment_len, mask, causal)
+
+
+def _segment_weights(q, k, segment_len, mask, causal):
+  batch, length, _, head_dim = q.shape
   # Scaling q (length*d multiplies) is cheaper than scaling scores (length*l).
   scale = jnp.asarray(1.0 / math.sqrt(head_dim), q.dtype)
-  q_seg = split_segments(q * scale, segment_len)
-  k_seg = split_segments(k, segment_len)
-  v_seg = split_segments(v, segment_len)
-  score_dtype = _score_dtype(q.dtype)
-  scores = jnp.einsum('bmqhd,bmkhd->bmhqk', q_seg, k_seg,
-                      preferred_element_type=score_dtype)
-
+  scores = jnp.einsum('bmqhd,bmkhd->bmhqk',
+                      split_segments(q * scale, segment_len),
+                      split_segments(k, segment_len),
+                      preferred_element_type=_score_dtype(q.dtype))
   allowed = None
   key_mask = segment_key_mask(mask, batch, length, segment_len)
   if key_mask is not None:
@@ -124,11 +149,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     positions = jnp.arange(segment_len)
     lower = positions[:, None] >= positions[None, :]  # [queries, keys]
     allowed = lower if allowed is None else allowed & lower
-
-  weights = masked_softmax(scores, allowed).astype(v.dtype)
-  out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg,
-                   preferred_element_type=score_dtype)
-  return merge_segments(out, length).astype(q.dtype)
+  return masked_softmax(scores, allowed)
 
 
 def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,
@@ -178,14 +199,34 @@ def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
     raise ValueError(f'w_v must have shape {(dim, dim)}, got {w_v.shape}')
   checks.mask(mask, (batch, num_segments))
 
-  key_dim = w_q.shape[1]
+  values = states @ w_v.astype(states.dtype)
+  weights = _state_weights(states, w_q, w_k, mask, causal,
+                           exclude_self).astype(values.dtype)
+  score_dtype = _score_dtype(states.dtype)
+  update = jnp.einsum('bij,bjd->bid', weights, values,
+                      preferred_element_type=score_dtype)
+  return (states.astype(score_dtype) + update).astype(states.dtype)
+
+
+def segment_state_weights(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
+                          *, mask: Optional[jax.Array] = None,
+                          causal: bool = False,
+                          exclude_self: bool = True) -> jax.Array:
+  """The [batch, num_segments, num_segments] weights (row i: state i's
+  attention over states j) that `segment_state_attention` uses."""
+  checks.rank(states, 3, 'states', '[batch, num_segments, dim]')
+  checks.same_shape([('w_q', w_q.shape), ('w_k', w_k.shape)])
+  checks.mask(mask, states.shape[:2])
+  return _state_weights(states, w_q, w_k, mask, causal, exclude_self)
+
+
+def _state_weights(states, w_q, w_k, mask, causal, exclude_self):
+  num_segments = states.shape[1]
   queries = states @ w_q.astype(states.dtype)
   keys = states @ w_k.astype(states.dtype)
-  values = states @ w_v.astype(states.dtype)
-  score_dtype = _score_dtype(states.dtype)
   scores = jnp.einsum('bik,bjk->bij', queries, keys,
-                      preferred_element_type=score_dtype) / math.sqrt(key_dim)
-
+                      preferred_element_type=_score_dtype(states.dtype))
+  scores = scores / math.sqrt(w_q.shape[1])
   index = jnp.arange(num_segments)
   if causal:
     allowed = index[None, :] < index[:, None]
@@ -196,11 +237,7 @@ def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
   allowed = allowed[None]  # [1, queries, keys]
   if mask is not None:
     allowed = allowed & mask.astype(bool)[:, None, :]
-
-  weights = masked_softmax(scores, allowed).astype(values.dtype)
-  update = jnp.einsum('bij,bjd->bid', weights, values,
-                      preferred_element_type=score_dtype)
-  return (states.astype(score_dtype) + update).astype(states.dtype)
+  return masked_softmax(scores, allowed)
 
 
 def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,

@@ -40,7 +40,8 @@ class Checkpointer:
                        'data': grain.checkpoint.CheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             preservation_policy=preservation,
-            enable_async_checkpointing=True))
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()

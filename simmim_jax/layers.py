@@ -65,6 +65,9 @@ class SelfAttention(nn.Module):
         kernel_init=dense_init('embed', 'heads', 'kv'),
         name=name)
     q, k, v = project('query')(x), project('key')(x), project('value')(x)
+    # Kept only when 'intermediates' is mutable (see attention_maps.py).
+    self.sow('intermediates', 'queries', q)
+    self.sow('intermediates', 'keys', k)
     if cfg.family == 'transformer':
       out = attention.full_attention(q, k, v, mask=mask, causal=self.causal)
     else:
@@ -99,6 +102,7 @@ class SegmentStateMerge(nn.Module):
     states = segments[:, :, -1 if self.causal else 0]  # [batch, m, embed]
     segment_mask = attention.segment_mask(mask, batch, length, cfg.segment_len)
     states = layer_norm(cfg, 'state_norm')(states)
+    self.sow('intermediates', 'states', states)
 
     key_dim = cfg.state_key_dim or dim
     weight = lambda name, shape, axes: self.param(

@@ -6,7 +6,7 @@ The mesh has axes ('data', 'model'). Parameters carry logical axis names
 """
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -107,3 +107,16 @@ def global_batch(local_batch: dict[str, np.ndarray],
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in local_batch.items()}
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-process run; call before any other jax work.
+
+  On TPU pods and managed clusters every argument can be None (detected).
+  CPU processes exchange collectives through gloo.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                             process_id=process_id)

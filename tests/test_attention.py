@@ -221,3 +221,27 @@ def test_float64_inputs_keep_float64_precision(rng):
     np.testing.assert_allclose(
         got, reference.segment_state_attention(states, w_q, w_k, w_v),
         rtol=1e-12, atol=1e-12)
+
+
+def test_weights_functions_are_what_the_attention_uses(rng):
+  q, k, v = _qkv(rng, 2, 29, 2, 4)
+  mask = _suffix_mask(rng, 2, 29)
+  weights = simmim_jax.segment_attention_weights(q, k, 8, mask=mask,
+                                                 causal=True)
+  assert weights.shape == (2, 4, 2, 8, 8)
+  v_seg = attention.split_segments(v, 8)
+  rebuilt = attention.merge_segments(
+      jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg), 29)
+  np.testing.assert_allclose(
+      rebuilt, simmim_jax.segment_attention(q, k, v, 8, mask=mask, causal=True),
+      rtol=1e-5, atol=1e-6)
+
+  states, w_q, w_k, w_v = _state_inputs(rng, 2, 6, 8, 4)
+  seg_mask = _suffix_mask(rng, 2, 6)
+  state_weights = simmim_jax.segment_state_weights(states, w_q, w_k,
+                                                   mask=seg_mask)
+  np.testing.assert_allclose(
+      states + state_weights @ (states @ w_v),
+      simmim_jax.segment_state_attention(states, w_q, w_k, w_v, mask=seg_mask),
+      rtol=1e-5, atol=1e-6)
+  assert np.all(np.diagonal(state_weights, axis1=1, axis2=2) == 0)

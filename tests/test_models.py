@@ -249,3 +249,33 @@ def test_program_size_does_not_grow_with_depth(rng):
 
   (two, scans), (twelve, _) = num_equations(2), num_equations(12)
   assert two == twelve and scans >= 1
+
+
+@pytest.mark.parametrize('family,head', [('simmim', 'classifier'),
+                                         ('simmim', 'lm'),
+                                         ('transformer', 'classifier')])
+def test_attention_maps(rng, family, head):
+  from simmim_jax.attention_maps import attention_maps
+  cfg = _config(family=family, head=head, num_layers=2)
+  model = simmim_jax.build_model(cfg)
+  tokens = _tokens(rng, 2, 14)
+  mask = jnp.arange(14)[None] < jnp.asarray([[14], [9]])
+  params = _init(model, tokens, mask)
+  maps = attention_maps(model, params, tokens, mask, layer=1)
+  segment = np.asarray(maps['segment'])
+  if family == 'transformer':
+    assert segment.shape == (2, 1, 4, 14, 14) and maps['state'] is None
+    return
+  assert segment.shape == (2, 4, 4, 4, 4)
+  # Rows of real queries sum to one; masked keys get nothing.
+  np.testing.assert_allclose(segment[0].sum(-1), 1.0, rtol=1e-5)
+  assert np.all(segment[1, 2, :, :, 1:] == 0)  # tokens 9.. are padding
+  state = np.asarray(maps['state'])
+  assert state.shape == (2, 4, 4)
+  if head == 'lm':
+    assert np.all(np.triu(state[0]) == 0)  # earlier states only
+    assert np.all(np.triu(segment[0], k=1) == 0)
+  else:
+    assert np.all(np.diagonal(state, axis1=1, axis2=2) == 0)
+  with pytest.raises(ValueError, match='layer must be in'):
+    attention_maps(model, params, tokens, mask, layer=2)

@@ -275,3 +275,17 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
   config = train_worker.small_config(str(tmp_path / 'empty'))
   with pytest.raises(FileNotFoundError, match='not prepared'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_a_save_cut_short_is_ignored_on_resume(tmp_path, data_dir):
+  train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=4), str(tmp_path))
+  checkpoints_dir = tmp_path / 'checkpoints'
+  # What a save killed half-way leaves: an uncommitted temporary directory.
+  partial = checkpoints_dir / '6.orbax-checkpoint-tmp-1700000000'
+  os.makedirs(partial / 'state')
+  (partial / 'state' / 'manifest.ocdbt').write_bytes(b'partial')
+  state, results = train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=6), str(tmp_path))
+  assert results['step'] == 6
+  assert sorted(os.listdir(checkpoints_dir)) == ['4', '6']

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 
 from experiments.configs import listops
+from simmim_jax import sharding
+from simmim_jax import train
 
 
 def small_config(data_dir: str, **overrides):
@@ -51,10 +53,8 @@ def flat_params(params) -> dict[str, np.ndarray]:
 def main(argv):
   workdir, data_dir, num_steps = argv[1], argv[2], int(argv[3])
   if len(argv) > 4:  # multi-process: coordinator address, process id, count
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(argv[4], num_processes=int(argv[6]),
-                               process_id=int(argv[5]))
-  from simmim_jax import train  # after distributed init
+    sharding.initialize_distributed(argv[4], num_processes=int(argv[6]),
+                                    process_id=int(argv[5]))
   config = small_config(data_dir, num_steps=num_steps)
   state, results = train.train_and_evaluate(config, workdir)
   print('RESULTS', results, flush=True)
