@@ -19,3 +19,14 @@ from simmim_jax.models import Encoder
 from simmim_jax.models import build_model
 
 __version__ = '0.1.0'
+
+from simmim_jax.templates import assign_templates
+from simmim_jax.template_learning import ema_kmeans_update
+from simmim_jax.template_learning import quantize
+from simmim_jax.templates import query_template_cache
+from simmim_jax.template_learning import reseed_dead_templates
+from simmim_jax.templates import segment_template_attention
+from simmim_jax.templates import segment_template_outputs
+from simmim_jax.templates import template_attention
+from simmim_jax.templates import template_outputs
+from simmim_jax.template_learning import vq_losses

@@ -37,7 +37,7 @@ def masked_softmax(scores: jax.Array, allowed: Optional[jax.Array]) -> jax.Array
   return weights / jnp.where(total > 0, total, 1.0)
 
 
-def _score_dtype(dtype) -> jnp.dtype:
+def score_dtype(dtype) -> jnp.dtype:
   """float32, or wider when the inputs are (bf16 and f16 scores stay f32)."""
   return jnp.promote_types(dtype, jnp.float32)
 
@@ -110,7 +110,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   weights = _segment_weights(q, k, segment_len, mask, causal).astype(v.dtype)
   out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights,
                    split_segments(v, segment_len),
-                   preferred_element_type=_score_dtype(q.dtype))
+                   preferred_element_type=score_dtype(q.dtype))
   return merge_segments(out, length).astype(q.dtype)
 
 
@@ -140,7 +140,7 @@ def _segment_weights(q, k, segment_len, mask, causal):
   scores = jnp.einsum('bmqhd,bmkhd->bmhqk',
                       split_segments(q * scale, segment_len),
                       split_segments(k, segment_len),
-                      preferred_element_type=_score_dtype(q.dtype))
+                      preferred_element_type=score_dtype(q.dtype))
   allowed = None
   key_mask = segment_key_mask(mask, batch, length, segment_len)
   if key_mask is not None:
@@ -202,10 +202,10 @@ def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
   values = states @ w_v.astype(states.dtype)
   weights = _state_weights(states, w_q, w_k, mask, causal,
                            exclude_self).astype(values.dtype)
-  score_dtype = _score_dtype(states.dtype)
+  wide = score_dtype(states.dtype)
   update = jnp.einsum('bij,bjd->bid', weights, values,
-                      preferred_element_type=score_dtype)
-  return (states.astype(score_dtype) + update).astype(states.dtype)
+                      preferred_element_type=wide)
+  return (states.astype(wide) + update).astype(states.dtype)
 
 
 def segment_state_weights(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
@@ -225,7 +225,7 @@ def _state_weights(states, w_q, w_k, mask, causal, exclude_self):
   queries = states @ w_q.astype(states.dtype)
   keys = states @ w_k.astype(states.dtype)
   scores = jnp.einsum('bik,bjk->bij', queries, keys,
-                      preferred_element_type=_score_dtype(states.dtype))
+                      preferred_element_type=score_dtype(states.dtype))
   scores = scores / math.sqrt(w_q.shape[1])
   index = jnp.arange(num_segments)
   if causal:

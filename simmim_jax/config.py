@@ -16,6 +16,7 @@ FAMILIES = ('simmim', 'local', 'transformer')
 HEADS = ('classifier', 'dual_encoder', 'lm')
 POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
+ATTENTION_KINDS = ('softmax', 'templates')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
 
@@ -53,10 +54,15 @@ class ModelConfig:
   dtype: str = 'float32'           # compute dtype; softmax stays float32
   param_dtype: str = 'float32'     # storage dtype of parameters
   remat: bool = False              # rematerialise each block in backprop
+  attention_kind: str = 'softmax'  # token attention: 'softmax' | 'templates'
+  num_templates: int = 16          # templates per head ('templates')
+  commitment_cost: float = 0.25    # VQ commitment weight ('templates')
+  routing_temperature: float = 1.0  # soft routing for the template gradient
 
   def __post_init__(self):
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
-                 'num_layers', 'mlp_dim', 'max_len', 'segment_len'):
+                 'num_layers', 'mlp_dim', 'max_len', 'segment_len',
+                 'num_templates'):
       checks.positive_int(getattr(self, name), name)
     if self.state_key_dim is not None:
       checks.positive_int(self.state_key_dim, 'state_key_dim')
@@ -68,6 +74,16 @@ class ModelConfig:
     _one_of('positions', self.positions, POSITIONS)
     _one_of('dtype', self.dtype, tuple(DTYPES))
     _one_of('param_dtype', self.param_dtype, tuple(DTYPES))
+    _one_of('attention_kind', self.attention_kind, ATTENTION_KINDS)
+    if self.attention_kind == 'templates' and self.head == 'lm':
+      raise ValueError("attention_kind 'templates' is not causal: it cannot "
+                       "serve head 'lm'")
+    if not self.commitment_cost >= 0:
+      raise ValueError(f'commitment_cost must be >= 0, got '
+                       f'{self.commitment_cost}')
+    if not self.routing_temperature > 0:
+      raise ValueError(f'routing_temperature must be > 0, got '
+                       f'{self.routing_temperature}')
     hierarchy.get_aggregator(self.aggregator)
     if self.d_model % self.num_heads:
       raise ValueError(f'd_model ({self.d_model}) must be divisible by '

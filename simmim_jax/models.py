@@ -78,7 +78,7 @@ class Encoder(nn.Module):
     if cfg.remat:
       block = nn.remat(block, prevent_cse=False)
     stack = nn.scan(
-        block, variable_axes={'params': 0, 'intermediates': 0},
+        block, variable_axes={'params': 0, 'intermediates': 0, 'losses': 0},
         split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     x, _ = stack(cfg, self.causal, deterministic, name='blocks')(x, mask)

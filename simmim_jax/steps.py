@@ -73,6 +73,7 @@ def empty_metrics(train: bool = True) -> Metrics:
   first step whose loss was not finite (-1 = none yet)."""
   metrics = {name: jnp.zeros((), jnp.float32) for name in SUM_NAMES}
   if train:
+    metrics['aux_loss_sum'] = jnp.zeros((), jnp.float32)
     metrics['steps'] = jnp.zeros((), jnp.float32)
     metrics['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)
   return metrics
@@ -89,10 +90,16 @@ def make_train_step(task: str, label_smoothing: float = 0.0) -> Callable:
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
-      logits = state.apply_fn({'params': params}, *model_inputs(batch, task),
-                              deterministic=False, rngs={'dropout': rng})
+      # Layers may sow auxiliary losses (e.g. the template library's VQ loss).
+      logits, aux = state.apply_fn(
+          {'params': params}, *model_inputs(batch, task), deterministic=False,
+          rngs={'dropout': rng}, mutable=['losses'])
       sums = metric_sums(logits, batch, task, label_smoothing)
-      return sums['loss_sum'] / jnp.maximum(sums['count'], 1.0), sums
+      aux_loss = sum((jnp.sum(x) for x in jax.tree.leaves(aux)),
+                     jnp.zeros((), jnp.float32))
+      sums['aux_loss_sum'] = aux_loss
+      task_loss = sums['loss_sum'] / jnp.maximum(sums['count'], 1.0)
+      return task_loss + aux_loss, sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -123,4 +130,6 @@ def summarize(sums: dict[str, float], task: str) -> dict[str, float]:
          'accuracy': float(sums['correct_sum']) / count}
   if task == 'lm':
     out['bits_per_byte'] = float(sums['nll_sum']) / count / math.log(2)
+  if float(sums.get('aux_loss_sum', 0.0)):
+    out['aux_loss'] = float(sums['aux_loss_sum']) / float(sums['steps'])
   return out

@@ -115,3 +115,75 @@ def hierarchical_aggregate(nodes, params, aggregator, mask=None,
       reduce([nodes[b, i] if mask[b, i] else None
               for i in range(num_segments)], 0)
       for b in range(batch)])
+
+
+# Attention templates.
+
+def assign_templates(queries, templates):
+  """Nearest template per query and head; the first of equal distances."""
+  q, a = np.asarray(queries, np.float64), np.asarray(templates, np.float64)
+  batch, length, heads, _ = q.shape
+  out = np.zeros((batch, length, heads), np.int64)
+  for b in range(batch):
+    for t in range(length):
+      for h in range(heads):
+        distances = [np.sum((q[b, t, h] - a[h, c]) ** 2)
+                     for c in range(a.shape[1])]
+        best = 0
+        for c, d in enumerate(distances):
+          if d < distances[best]:
+            best = c
+        out[b, t, h] = best
+  return out
+
+
+def segment_template_attention(templates, assignments, k, v, segment_len,
+                               mask=None):
+  """Position t: its template's attention over the real keys of its segment."""
+  a, k, v = (np.asarray(x, np.float64) for x in (templates, k, v))
+  batch, length, heads, head_dim = k.shape
+  mask = np.ones((batch, length), bool) if mask is None else np.asarray(mask)
+  out = np.zeros_like(k)
+  for b in range(batch):
+    for h in range(heads):
+      for t in range(length):
+        template = a[h, int(assignments[b, t, h])]
+        start = (t // segment_len) * segment_len
+        keys = [j for j in range(start, min(start + segment_len, length))
+                if mask[b, j]]
+        scores = [template @ k[b, j, h] / math.sqrt(head_dim) for j in keys]
+        if keys:
+          out[b, t, h] = _softmax_weighted(scores, [v[b, j, h] for j in keys])
+  return out
+
+
+def template_attention(templates, assignments, k, v, mask=None):
+  """The whole sequence as one segment."""
+  return segment_template_attention(templates, assignments, k, v,
+                                    max(np.shape(k)[1], 1), mask)
+
+
+def ema_kmeans_update(sizes, sums, queries, assignments, decay, mask=None,
+                      eps=1e-5):
+  """Per head and template: EMA of counts and sums, Laplace-smoothed means."""
+  sizes, sums = np.float64(sizes), np.float64(sums)
+  q = np.asarray(queries, np.float64)
+  batch, length, heads, _ = q.shape
+  num_templates = sizes.shape[1]
+  mask = np.ones((batch, length), bool) if mask is None else np.asarray(mask)
+  counts, totals = np.zeros_like(sizes), np.zeros_like(sums)
+  for b in range(batch):
+    for t in range(length):
+      for h in range(heads):
+        if mask[b, t]:
+          counts[h, assignments[b, t, h]] += 1
+          totals[h, assignments[b, t, h]] += q[b, t, h]
+  new_sizes = decay * sizes + (1 - decay) * counts
+  new_sums = decay * sums + (1 - decay) * totals
+  templates = np.zeros_like(sums)
+  for h in range(heads):
+    n = new_sizes[h].sum()
+    for c in range(num_templates):
+      smoothed = (new_sizes[h, c] + eps) / (n + num_templates * eps) * n
+      templates[h, c] = new_sums[h, c] / smoothed
+  return new_sizes, new_sums, templates

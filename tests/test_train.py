@@ -289,3 +289,14 @@ def test_a_save_cut_short_is_ignored_on_resume(tmp_path, data_dir):
       train_worker.small_config(data_dir, num_steps=6), str(tmp_path))
   assert results['step'] == 6
   assert sorted(os.listdir(checkpoints_dir)) == ['4', '6']
+
+
+def test_template_attention_trains_with_its_vq_loss(tmp_path, data_dir):
+  config = train_worker.small_config(
+      data_dir, **{'model.attention_kind': 'templates',
+                   'model.num_templates': 4})
+  train.train_and_evaluate(config, str(tmp_path))
+  records = [r for r in metrics_lib.read_metrics(str(tmp_path))
+             if 'train_loss' in r]
+  assert all(r['train_aux_loss'] > 0 for r in records)
+  assert all(np.isfinite(r['train_loss']) for r in records)

@@ -1,0 +1,461 @@
+"""Attention templates vs float64 loops; cache, cost, VQ and k-means helpers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simmim_jax
+from simmim_jax.cost import compiled_cost
+from tests import reference
+
+
+def _normal(rng, shape, dtype=np.float32):
+  return jnp.asarray(rng.normal(size=shape), dtype)
+
+
+def _inputs(rng, batch, length, heads=3, head_dim=4, num_templates=5,
+            dtype=np.float32):
+  """templates, q, k, v."""
+  return (_normal(rng, (heads, num_templates, head_dim), dtype),
+          *(_normal(rng, (batch, length, heads, head_dim), dtype)
+            for _ in range(3)))
+
+
+def _ragged_mask(rng, batch, length):
+  """Suffix padding of random lengths, plus random holes."""
+  lengths = rng.integers(1, length + 1, size=batch)
+  holes = rng.random((batch, length)) < 0.2
+  return jnp.asarray((np.arange(length)[None] < lengths[:, None]) & ~holes)
+
+
+def _assignments(rng, batch, length, heads, num_templates):
+  return jnp.asarray(rng.integers(0, num_templates, (batch, length, heads)),
+                     jnp.int32)
+
+
+def test_assign_templates_matches_reference(rng):
+  templates, q, _, _ = _inputs(rng, 2, 23, num_templates=7)
+  got = simmim_jax.assign_templates(q, templates)
+  assert got.shape == (2, 23, 3) and got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, reference.assign_templates(q, templates))
+
+
+def test_assign_templates_ties_go_to_lowest_index(rng):
+  templates = np.asarray(rng.normal(size=(2, 4, 3)), np.float32)
+  templates[:, 3] = templates[:, 1]  # exact duplicates
+  templates[1, 0], templates[1, 2] = [1.0, 0, 0], [-1.0, 0, 0]
+  q = np.zeros((1, 2, 2, 3), np.float32)
+  q[0, 0] = templates[:, 1]  # equal to templates 1 and 3
+  # Query 1 of head 1 is the origin, equidistant from templates 0 and 2 (and
+  # nearer them than the random ones, scaled away).
+  templates[1, 1] = templates[1, 3] = [5.0, 5.0, 5.0]
+  q[0, 0, 1] = templates[1, 1]
+  got = simmim_jax.assign_templates(jnp.asarray(q), jnp.asarray(templates))
+  np.testing.assert_array_equal(got[0, 0], [1, 1])
+  assert got[0, 1, 1] == 0
+  np.testing.assert_array_equal(got, reference.assign_templates(q, templates))
+
+
+@pytest.mark.parametrize('length', [1, 17, 40])
+@pytest.mark.parametrize('use_mask', [False, True])
+def test_template_attention_matches_reference(rng, length, use_mask):
+  templates, _, k, v = _inputs(rng, 3, length)
+  mask = _ragged_mask(rng, 3, length) if use_mask else None
+  assignments = _assignments(rng, 3, length, 3, 5)
+  got = simmim_jax.template_attention(templates, assignments, k, v, mask=mask)
+  assert got.shape == k.shape and got.dtype == k.dtype
+  want = reference.template_attention(templates, assignments, k, v, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('length,segment_len', [
+    (32, 8), (37, 8), (5, 8), (16, 1), (23, 23), (50, 7)])
+@pytest.mark.parametrize('use_mask', [False, True])
+def test_segment_template_attention_matches_reference(rng, length, segment_len,
+                                                      use_mask):
+  templates, q, k, v = _inputs(rng, 2, length)
+  mask = _ragged_mask(rng, 2, length) if use_mask else None
+  assignments = simmim_jax.assign_templates(q, templates)
+  got = simmim_jax.segment_template_attention(templates, assignments, k, v,
+                                              segment_len, mask=mask)
+  assert got.shape == k.shape and got.dtype == k.dtype
+  want = reference.segment_template_attention(templates, assignments, k, v,
+                                              segment_len, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  outputs = simmim_jax.segment_template_outputs(templates, k, v, segment_len,
+                                                mask=mask)
+  assert outputs.shape == (2, -(-length // segment_len), 3, 5, 4)
+
+
+def test_float64_inputs_keep_float64_precision(rng):
+  with jax.enable_x64(True):
+    templates, q, k, v = _inputs(rng, 2, 29, dtype=np.float64)
+    mask = _ragged_mask(rng, 2, 29)
+    assignments = simmim_jax.assign_templates(q, templates)
+    np.testing.assert_array_equal(assignments,
+                                  reference.assign_templates(q, templates))
+    got = simmim_jax.template_attention(templates, assignments, k, v,
+                                        mask=mask)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(
+        got, reference.template_attention(templates, assignments, k, v, mask),
+        rtol=1e-12, atol=1e-12)
+    got = simmim_jax.segment_template_attention(templates, assignments, k, v,
+                                                8, mask=mask)
+    np.testing.assert_allclose(
+        got, reference.segment_template_attention(templates, assignments, k, v,
+                                                  8, mask),
+        rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_keys_give_bfloat16_outputs(rng):
+  templates, q, k, v = _inputs(rng, 2, 21, dtype=jnp.bfloat16)
+  assignments = simmim_jax.assign_templates(q, templates)
+  got = simmim_jax.segment_template_attention(templates, assignments, k, v, 8)
+  assert got.dtype == jnp.bfloat16
+  want = reference.segment_template_attention(
+      np.float32(templates), assignments, np.float32(k), np.float32(v), 8)
+  np.testing.assert_allclose(np.float32(got), want, rtol=3e-2, atol=3e-2)
+
+
+def _queries_as_templates(q):
+  """Batch 1: template t of head h is query t, and query t uses it."""
+  templates = jnp.swapaxes(q[0], 0, 1)  # [heads, length, head_dim]
+  length, heads = q.shape[1:3]
+  assignments = jnp.broadcast_to(jnp.arange(length)[None, :, None],
+                                 (1, length, heads))
+  return templates, assignments
+
+
+def test_one_template_per_query_is_full_attention(rng):
+  _, q, k, v = _inputs(rng, 1, 19)
+  mask = _ragged_mask(rng, 1, 19)
+  templates, assignments = _queries_as_templates(q)
+  got = simmim_jax.template_attention(templates, assignments, k, v, mask=mask)
+  np.testing.assert_allclose(
+      got, simmim_jax.full_attention(q, k, v, mask=mask), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      got, reference.segment_attention(q, k, v, 19, mask), rtol=1e-5,
+      atol=1e-5)
+
+
+@pytest.mark.parametrize('length,segment_len', [(24, 8), (29, 8), (10, 3)])
+def test_one_template_per_query_is_segment_attention(rng, length, segment_len):
+  _, q, k, v = _inputs(rng, 1, length)
+  mask = _ragged_mask(rng, 1, length)
+  templates, assignments = _queries_as_templates(q)
+  got = simmim_jax.segment_template_attention(templates, assignments, k, v,
+                                              segment_len, mask=mask)
+  np.testing.assert_allclose(
+      got, simmim_jax.segment_attention(q, k, v, segment_len, mask=mask),
+      rtol=1e-5, atol=1e-6)
+
+
+def test_template_without_real_keys_outputs_zero(rng):
+  templates, _, k, v = _inputs(rng, 2, 12)
+  mask = jnp.asarray([[False] * 12, [True] * 4 + [False] * 4 + [True] * 4])
+  outputs = simmim_jax.template_outputs(templates, k, v, mask=mask)
+  np.testing.assert_array_equal(outputs[0], 0.0)
+  assert np.all(np.abs(np.asarray(outputs[1])) > 0)
+  segments = simmim_jax.segment_template_outputs(templates, k, v, 4, mask=mask)
+  np.testing.assert_array_equal(segments[0], 0.0)
+  np.testing.assert_array_equal(segments[1, 1], 0.0)
+  grads = jax.grad(lambda t: simmim_jax.segment_template_outputs(
+      t, k, v, 4, mask=mask).sum())(templates)
+  assert np.all(np.isfinite(grads))
+
+
+@pytest.mark.parametrize('segment_len', [None, 8])
+def test_cache_equals_uncached_attention_exactly(rng, segment_len):
+  templates, q, k, v = _inputs(rng, 2, 30)
+  mask = _ragged_mask(rng, 2, 30)
+  new_q = _normal(rng, q.shape)
+  if segment_len is None:
+    cache = simmim_jax.template_outputs(templates, k, v, mask=mask)
+    uncached = lambda a: simmim_jax.template_attention(  # noqa: E731
+        templates, a, k, v, mask=mask)
+  else:
+    cache = simmim_jax.segment_template_outputs(templates, k, v, segment_len,
+                                                mask=mask)
+    uncached = lambda a: simmim_jax.segment_template_attention(  # noqa: E731
+        templates, a, k, v, segment_len, mask=mask)
+  for queries in (q, new_q):
+    cached = simmim_jax.query_template_cache(cache, queries, templates,
+                                             segment_len=segment_len)
+    want = uncached(simmim_jax.assign_templates(queries, templates))
+    np.testing.assert_array_equal(cached, want)
+
+
+def test_cache_of_a_longer_context_serves_its_prefix(rng):
+  templates, q, k, v = _inputs(rng, 1, 32)
+  cache = simmim_jax.segment_template_outputs(templates, k, v, 8)
+  got = simmim_jax.query_template_cache(cache, q[:, :13], templates,
+                                        segment_len=8)
+  full = simmim_jax.query_template_cache(cache, q, templates, segment_len=8)
+  np.testing.assert_array_equal(got, full[:, :13])
+  with pytest.raises(ValueError, match='cache must have shape'):
+    simmim_jax.query_template_cache(cache[:, :2], q, templates, segment_len=8)
+
+
+def test_jit_with_traced_assignments(rng):
+  templates, q, k, v = _inputs(rng, 2, 26)
+  mask = _ragged_mask(rng, 2, 26)
+
+  def fn(templates, q, k, v, mask):
+    assignments = simmim_jax.assign_templates(q, templates)
+    return simmim_jax.segment_template_attention(templates, assignments, k, v,
+                                                 8, mask=mask)
+
+  want = reference.segment_template_attention(
+      templates, reference.assign_templates(q, templates), k, v, 8, mask)
+  np.testing.assert_allclose(jax.jit(fn)(templates, q, k, v, mask), want,
+                             rtol=1e-5, atol=1e-5)
+
+
+LENGTHS = (2048, 4096, 8192, 16384)
+
+
+def _flops(fn, length, heads=2, head_dim=16):
+  spec = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.float32)
+  return compiled_cost(fn, spec, spec, spec)['flops']
+
+
+def _template_fn(num_templates=16, heads=2, head_dim=16):
+  templates = jnp.ones((heads, num_templates, head_dim))
+
+  def fn(q, k, v):
+    assignments = simmim_jax.assign_templates(q, templates)
+    return simmim_jax.template_attention(templates, assignments, k, v)
+  return fn
+
+
+def test_template_attention_flops_grow_linearly():
+  flops = [_flops(_template_fn(), n) for n in LENGTHS]
+  ratios = np.array(flops[1:]) / np.array(flops[:-1])
+  assert np.all(ratios <= 2.2), (flops, ratios)
+  full = _flops(simmim_jax.full_attention, 2048)
+  # K = 16 scores per query instead of 2048.
+  assert full / flops[0] >= 8, (full, flops[0])
+
+
+def test_template_attention_never_builds_a_length_by_length_array(rng):
+  length = 512
+  templates, q, k, v = _inputs(rng, 1, length, heads=2, num_templates=8)
+  jaxpr = jax.make_jaxpr(lambda q, k, v: simmim_jax.template_attention(
+      templates, simmim_jax.assign_templates(q, templates), k, v,
+      mask=jnp.ones((1, length), bool)))(q, k, v)
+  shapes = [var.aval.shape for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars]
+  assert all(s.count(length) <= 1 for s in shapes), shapes
+
+
+def test_quantize_is_straight_through(rng):
+  templates, q, _, _ = _inputs(rng, 2, 9)
+  assignments, quantized = simmim_jax.quantize(q, templates)
+  np.testing.assert_array_equal(assignments,
+                                simmim_jax.assign_templates(q, templates))
+  chosen = np.asarray(templates)[np.arange(3)[None, None], assignments]
+  np.testing.assert_allclose(quantized, chosen, rtol=1e-6, atol=1e-6)
+  cotangent = _normal(rng, q.shape)
+  loss = lambda q, t: jnp.sum(simmim_jax.quantize(q, t)[1]  # noqa: E731
+                              * cotangent)
+  grad_q, grad_t = jax.grad(loss, argnums=(0, 1))(q, templates)
+  np.testing.assert_array_equal(grad_q, cotangent)
+  np.testing.assert_array_equal(grad_t, 0.0)
+
+
+def test_vq_losses_values_and_gradients(rng):
+  templates, q, _, _ = _inputs(rng, 2, 11)
+  mask = _ragged_mask(rng, 2, 11)
+  assignments = simmim_jax.assign_templates(q, templates)
+  q64, t64, m = np.float64(q), np.float64(templates), np.asarray(mask)
+  chosen = t64[np.arange(3)[None, None], assignments]  # [2, 11, 3, 4]
+  count = m.sum() * 3
+  want = np.sum(m[..., None] * np.sum((q64 - chosen) ** 2, -1)) / count
+  losses = simmim_jax.vq_losses(q, templates, assignments, mask=mask)
+  np.testing.assert_allclose(losses['codebook'], want, rtol=1e-6)
+  np.testing.assert_allclose(losses['commitment'], want, rtol=1e-6)
+
+  def grads(name):
+    return jax.grad(lambda q, t: simmim_jax.vq_losses(
+        q, t, assignments, mask=mask)[name], argnums=(0, 1))(q, templates)
+
+  grad_q, grad_t = grads('codebook')
+  np.testing.assert_array_equal(grad_q, 0.0)
+  want_t = np.zeros_like(t64)
+  for b, t, h in zip(*np.nonzero(m[..., None] & np.ones((1, 1, 3), bool))):
+    want_t[h, assignments[b, t, h]] += 2 * (chosen[b, t, h] - q64[b, t, h])
+  np.testing.assert_allclose(grad_t, want_t / count, rtol=1e-5, atol=1e-6)
+
+  grad_q, grad_t = grads('commitment')
+  np.testing.assert_array_equal(grad_t, 0.0)
+  np.testing.assert_allclose(grad_q, 2 * m[..., None, None] * (q64 - chosen)
+                             / count, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('use_mask', [False, True])
+def test_ema_kmeans_update_matches_reference(rng, use_mask):
+  _, q, _, _ = _inputs(rng, 2, 15)
+  mask = _ragged_mask(rng, 2, 15) if use_mask else None
+  assignments = _assignments(rng, 2, 15, 3, 5)
+  assignments = assignments.at[:, :, 0].set(jnp.minimum(assignments[:, :, 0],
+                                                         3))  # an empty one
+  sizes = jnp.asarray(rng.random((3, 5)) * 4, jnp.float32)
+  sums = _normal(rng, (3, 5, 4))
+  got = simmim_jax.ema_kmeans_update(sizes, sums, q, assignments, decay=0.9,
+                                     mask=mask)
+  want = reference.ema_kmeans_update(sizes, sums, q, np.asarray(assignments),
+                                     0.9, mask)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  # A fresh cluster with all its mass from this batch: its template is its
+  # queries' mean (up to the smoothing).
+  zeros = simmim_jax.ema_kmeans_update(jnp.zeros((3, 5)), jnp.zeros((3, 5, 4)),
+                                       q, assignments, decay=0.0)
+  c = assignments[0, 0, 0]
+  members = np.asarray(q)[:, :, 0][np.asarray(assignments[:, :, 0]) == c]
+  np.testing.assert_allclose(zeros[2][0, c], members.mean(0), rtol=1e-4)
+
+
+def test_reseed_replaces_exactly_the_dead_templates(rng):
+  templates, q, _, _ = _inputs(rng, 2, 10, num_templates=6)
+  mask = _ragged_mask(rng, 2, 10)
+  sizes = jnp.asarray(rng.random((3, 6)) * 2, jnp.float32)
+  reseed = jax.jit(lambda t, s, q, key, m: simmim_jax.reseed_dead_templates(
+      t, s, q, key, threshold=1.0, mask=m))
+  new, count = reseed(templates, sizes, q, jax.random.key(0), mask)
+  dead = np.asarray(sizes) < 1.0
+  assert int(count) == dead.sum() > 0
+  np.testing.assert_array_equal(np.asarray(new)[~dead],
+                                np.asarray(templates)[~dead])
+  real_q = np.asarray(q)[np.asarray(mask)]  # [real positions, heads, dim]
+  for h, c in zip(*np.nonzero(dead)):
+    matches = np.all(real_q[:, h] == np.asarray(new)[h, c], axis=-1)
+    assert matches.any(), (h, c)
+  for h in range(3):  # distinct while there are enough real queries
+    rows = np.asarray(new)[h, dead[h]]
+    assert len(np.unique(rows, axis=0)) == len(rows)
+  # Fewer real queries than templates: still real queries only.
+  one = jnp.zeros((2, 10), bool).at[1, 3].set(True)
+  new, count = reseed(templates, jnp.zeros((3, 6)), q, jax.random.key(1), one)
+  assert int(count) == 18
+  np.testing.assert_array_equal(
+      new, jnp.broadcast_to(q[1, 3][:, None], (3, 6, 4)))
+  # No real query: nothing to reseed from.
+  new, count = reseed(templates, jnp.zeros((3, 6)), q, jax.random.key(2),
+                      jnp.zeros((2, 10), bool))
+  assert int(count) == 0
+  np.testing.assert_array_equal(new, templates)
+
+
+def test_bad_inputs():
+  templates = jnp.zeros((2, 3, 4))
+  k = v = q = jnp.zeros((1, 8, 2, 4))
+  a = jnp.zeros((1, 8, 2), jnp.int32)
+  ta = simmim_jax.template_attention
+  with pytest.raises(ValueError, match='templates must have rank 3'):
+    ta(templates[0], a, k, v)
+  with pytest.raises(ValueError, match='at least one template'):
+    ta(jnp.zeros((2, 0, 4)), a, k, v)
+  with pytest.raises(ValueError, match=r'k has \(heads, head_dim\)'):
+    ta(jnp.zeros((3, 3, 4)), a, k, v)
+  with pytest.raises(ValueError, match=r'queries has \(heads, head_dim\)'):
+    simmim_jax.assign_templates(q, jnp.zeros((2, 3, 5)))
+  with pytest.raises(ValueError, match='v has shape'):
+    ta(templates, a, k, v[:, :7])
+  with pytest.raises(ValueError, match='k must have rank 4'):
+    ta(templates, a, k[0], v[0])
+  with pytest.raises(ValueError, match=r'mask must have shape \(1, 8\)'):
+    ta(templates, a, k, v, mask=jnp.ones((1, 9), bool))
+  with pytest.raises(ValueError, match='assignments must have shape'):
+    ta(templates, a[:, :7], k, v)
+  with pytest.raises(ValueError, match='assignments must be integer'):
+    ta(templates, a.astype(jnp.float32), k, v)
+  with pytest.raises(ValueError, match=r'assignments contain 3, outside'):
+    ta(templates, a.at[0, 5, 1].set(3), k, v)
+  with pytest.raises(ValueError, match=r'assignments contain -1, outside'):
+    simmim_jax.vq_losses(q, templates, a.at[0, 0, 0].set(-1))
+  for segment_len in (0, -2, 2.5):
+    with pytest.raises(ValueError, match='segment_len'):
+      simmim_jax.segment_template_attention(templates, a, k, v, segment_len)
+    with pytest.raises(ValueError, match='segment_len'):
+      simmim_jax.segment_template_outputs(templates, k, v, segment_len)
+  with pytest.raises(ValueError, match='cache must have shape'):
+    simmim_jax.query_template_cache(jnp.zeros((1, 2, 4, 4)), q, templates)
+  with pytest.raises(ValueError, match='cluster_sizes must have shape'):
+    simmim_jax.ema_kmeans_update(jnp.zeros((2, 4)), templates, q, a, decay=0.9)
+  with pytest.raises(ValueError, match='decay must be in'):
+    simmim_jax.ema_kmeans_update(jnp.zeros((2, 3)), templates, q, a, decay=1.5)
+  with pytest.raises(ValueError, match='cluster_sizes must have shape'):
+    simmim_jax.reseed_dead_templates(templates, jnp.zeros((3,)), q,
+                                     jax.random.key(0), threshold=1.0)
+
+
+# The template layer inside the models.
+
+def _template_config(**overrides):
+  fields = dict(vocab_size=17, d_model=32, num_heads=4, num_layers=2,
+                mlp_dim=48, max_len=64, segment_len=8,
+                attention_kind='templates', num_templates=5)
+  fields.update(overrides)
+  return simmim_jax.ModelConfig(**fields)
+
+
+@pytest.mark.parametrize('family', ['simmim', 'transformer'])
+def test_layer_forward_is_hard_template_attention(rng, family):
+  from flax import linen as nn
+  from simmim_jax.layers import TemplateAttention
+  cfg = _template_config(family=family)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 21, 4, 8)), jnp.float32)
+             for _ in range(3))
+  mask = jnp.arange(21)[None] < jnp.asarray([[21], [13]])
+  layer = TemplateAttention(cfg)
+  params = nn.unbox(layer.init(jax.random.key(0), q, k, v, mask)['params'])
+  got = layer.apply({'params': params}, q, k, v, mask)
+  library = params['library']
+  assignments = simmim_jax.assign_templates(q, library)
+  if family == 'transformer':
+    want = simmim_jax.template_attention(library, assignments, k, v,
+                                         mask=mask)
+  else:
+    want = simmim_jax.segment_template_attention(library, assignments, k, v,
+                                                 8, mask=mask)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_task_gradient_reaches_queries_and_library(rng):
+  from flax import linen as nn
+  cfg = _template_config()
+  model = simmim_jax.Classifier(cfg)
+  tokens = jnp.asarray(rng.integers(0, 17, (2, 30)), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
+  grads = nn.unbox(jax.grad(
+      lambda p: model.apply({'params': p}, tokens).sum())(params))
+  attention_grads = grads['encoder']['blocks']['attention']
+  assert float(jnp.abs(attention_grads['query']['kernel']).sum()) > 0
+  assert float(jnp.abs(attention_grads['templates']['library']).sum()) > 0
+  _, aux = model.apply({'params': params}, tokens, mutable=['losses'])
+  (loss,) = aux['losses']['encoder']['blocks']['attention']['templates'][
+      'templates']
+  assert loss.shape == (2,) and np.all(np.asarray(loss) > 0)  # per layer
+
+
+def test_padding_with_masked_tokens_changes_nothing(rng):
+  model = simmim_jax.Classifier(_template_config())
+  tokens = jnp.asarray(rng.integers(0, 17, (2, 22)), jnp.int32)
+  padded = jnp.concatenate(
+      [tokens, jnp.asarray(rng.integers(0, 17, (2, 19)), jnp.int32)], axis=1)
+  mask = jnp.arange(41)[None].repeat(2, 0) < 22
+  params = jax.jit(model.init)(jax.random.key(0), padded, mask)
+  apply = jax.jit(model.apply)
+  np.testing.assert_allclose(apply(params, tokens),
+                             apply(params, padded, mask), atol=2e-5)
+
+
+def test_template_config_errors():
+  with pytest.raises(ValueError, match="'templates' is not causal"):
+    _template_config(head='lm')
+  with pytest.raises(ValueError, match='num_templates must be a positive'):
+    _template_config(num_templates=0)
+  with pytest.raises(ValueError, match='attention_kind must be one of'):
+    _template_config(attention_kind='linear')
