@@ -32,8 +32,8 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
   if not 0 <= layer < config.num_layers:
     raise ValueError(f'layer must be in [0, {config.num_layers}), got {layer}')
   _, state = model.apply(variables, *inputs, mutable=['intermediates'])
-  blocks = _find(state['intermediates'], 'blocks')
-  params = _find(nn.unbox(variables['params']), 'blocks')
+  blocks = find_subtree(state['intermediates'], 'blocks')
+  params = find_subtree(nn.unbox(variables['params']), 'blocks')
   tokens, mask = inputs[0], inputs[1] if len(inputs) > 1 else None
   if config.head == 'dual_encoder':
     mask = inputs[2] if len(inputs) > 2 else None
@@ -55,14 +55,14 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
   return maps
 
 
-def _find(tree: Any, name: str) -> Any:
+def find_subtree(tree: Any, name: str) -> Any:
   """The subtree under the first key `name`, searching depth-first."""
   if not isinstance(tree, dict):
     return None
   if name in tree:
     return tree[name]
   for child in tree.values():
-    found = _find(child, name)
+    found = find_subtree(child, name)
     if found is not None:
       return found
   return None

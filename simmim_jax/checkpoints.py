@@ -75,6 +75,24 @@ class Checkpointer:
           'checkpoint.') from error
     return restored.state
 
+  def restore_params(self, step: int) -> Any:
+    """The parameters saved at `step`, as saved, on the first local device
+    (for initialising another model from them)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      saved = dict(self.manager.item_metadata(step)['state'])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          saved)
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target)))
+    except Exception as error:  # orbax raises many types for a bad directory
+      raise RuntimeError(
+          f'checkpoint {self.step_dir(step)} could not be restored ({error})'
+      ) from error
+    return restored.state['params']
+
   def check_shapes(self, step: int, abstract_state: Any,
                    config_changes: Sequence[str] = ()) -> None:
     """Raises ValueError if the saved parameters differ in shape."""

@@ -6,6 +6,7 @@ bad value fails at start with a message naming the field.
 """
 
 import dataclasses
+import os
 
 import ml_collections
 
@@ -28,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = data.default_data_config()  # see simmim_jax/data/pipeline.py
   config.batch_size = 32           # global batch, split over the data axis
   config.eval_batch_size = 32      # global eval batch
-  config.num_steps = 1000          # optimizer steps
+  config.num_steps = 1000          # optimizer steps (0: evaluate only)
   config.learning_rate = 1e-3      # peak learning rate
   config.schedule = 'cosine'       # 'constant' | 'cosine' | 'rsqrt'
   config.warmup_steps = 100        # linear warmup from 0
@@ -47,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.best_metric = 'eval_accuracy'  # ranks checkpoints for 'best'
   config.best_mode = 'max'         # 'max' | 'min' for best_metric
   config.progress = True           # progress bar with ETA on the terminal
+  # Start from another run's trained parameters (its workdir; '' = none);
+  # a template model gets its library per template_init.
+  config.init_from = ''
+  config.template_init = 'kmeans'  # 'kmeans' (fit to the queries) | 'random'
+  config.distill_queries = 20000   # queries collected per layer for k-means
+  config.trainable = 'all'         # 'all' | 'templates_and_head' (PEFT)
   config.mesh = ml_collections.ConfigDict()
   config.mesh.shape = (-1, 1)      # (data, model); -1 = remaining devices
   from simmim_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -62,8 +69,9 @@ def _overridable(field: dataclasses.Field):
   return field.default
 
 
-_POSITIVE = ('batch_size', 'eval_batch_size', 'num_steps', 'log_every',
-             'eval_every', 'checkpoint_every', 'keep_checkpoints')
+_POSITIVE = ('batch_size', 'eval_batch_size', 'log_every',
+             'eval_every', 'checkpoint_every', 'keep_checkpoints',
+             'distill_queries')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -72,6 +80,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(config.keys()) - set(known.keys()))
   if unknown:
     raise ValueError(f'unknown config field(s) {unknown}')
+  if (isinstance(config.num_steps, bool) or not isinstance(config.num_steps, int)
+      or config.num_steps < 0):
+    raise ValueError(f'num_steps must be an integer >= 0 (0: evaluate only), '
+                     f'got {config.num_steps!r}')
   for name in _POSITIVE:
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -91,6 +103,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.label_smoothing >= 1:
     raise ValueError(f'label_smoothing must be < 1, got '
                      f'{config.label_smoothing}')
+  if config.template_init not in ('kmeans', 'random'):
+    raise ValueError(f"template_init must be 'kmeans' or 'random', got "
+                     f'{config.template_init!r}')
+  if config.trainable not in optim.TRAINABLE:
+    raise ValueError(f'trainable must be one of {list(optim.TRAINABLE)}, got '
+                     f'{config.trainable!r}')
+  if config.trainable != 'all' and config.model.attention_kind != 'templates':
+    raise ValueError("trainable='templates_and_head' needs "
+                     "model.attention_kind='templates'")
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise ValueError(f'init_from={config.init_from!r} is not a directory')
   if config.best_mode not in ('max', 'min'):
     raise ValueError(f"best_mode must be 'max' or 'min', got "
                      f'{config.best_mode!r}')

@@ -6,6 +6,7 @@ import ml_collections
 import optax
 
 SCHEDULES = ('constant', 'cosine', 'rsqrt')
+TRAINABLE = ('all', 'templates_and_head')
 # Parameters whose name is one of these are not weight-decayed.
 NO_DECAY = ('bias', 'scale')
 
@@ -43,12 +44,39 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def trainable_mask(params, trainable: str):
+  """True for the parameters `trainable` names: all of them, or only the
+  template libraries and the output head (parameter-efficient fine-tuning)."""
+  def trains(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return trainable == 'all' or 'library' in names or names[:1] == ['head']
+  return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def trainable_fraction(params, trainable: str) -> float:
+  """Share of parameter values that `trainable` updates."""
+  sizes = jax.tree.map(lambda p: p.size, params)
+  mask = trainable_mask(params, trainable)
+  total = sum(jax.tree.leaves(sizes))
+  kept = sum(s for s, m in zip(jax.tree.leaves(sizes), jax.tree.leaves(mask))
+             if m)
+  return kept / total
+
+
 def make_optimizer(config: ml_collections.ConfigDict
                    ) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with the schedule above."""
+  """Global-norm clipping, then AdamW with the schedule above; parameters
+  outside `config.trainable` get zero updates."""
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.adam_b1,
                       b2=config.adam_b2, weight_decay=config.weight_decay,
                       mask=decay_mask)
-  if not config.grad_clip_norm:
+  if config.grad_clip_norm:
+    adamw = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
+                        adamw)
+  if config.trainable == 'all':
     return adamw
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+  labels = lambda params: jax.tree.map(
+      lambda t: 'train' if t else 'freeze',
+      trainable_mask(params, config.trainable))
+  return optax.multi_transform({'train': adamw, 'freeze': optax.set_to_zero()},
+                               labels)

@@ -72,8 +72,11 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
   """
   specs = nn.get_partition_spec(abstract_boxed_state)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
-  unboxed = nn.unbox(abstract_boxed_state)
-  for path, leaf, sharding in _zip_with_path(unboxed, shardings):
+  by_path = dict(jax.tree_util.tree_leaves_with_path(
+      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
+
+  def leaf_sharding(path, leaf):
+    sharding = by_path[path]
     for dim, axis in zip(leaf.shape, sharding.spec):
       axes = axis if isinstance(axis, tuple) else (axis,)
       size = math.prod(mesh.shape[a] for a in axes if a is not None)
@@ -82,14 +85,12 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
             f'parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} '
             f'cannot be split over mesh axis {axis} of size {size}; change '
             'mesh.shape or mesh.rules')
-  return shardings
+    return sharding
 
-
-def _zip_with_path(tree, shardings):
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  flat_shardings = jax.tree_util.tree_leaves(
-      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  return [(path, leaf, s) for (path, leaf), s in zip(leaves, flat_shardings)]
+  # Mapped over the unboxed state, so leafless nodes (optax's MaskedNode)
+  # keep their place instead of receiving a sharding.
+  return jax.tree_util.tree_map_with_path(leaf_sharding,
+                                          nn.unbox(abstract_boxed_state))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

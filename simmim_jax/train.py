@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from simmim_jax import checkpoints
 from simmim_jax import data
+from simmim_jax import distill
 from simmim_jax import metrics as metrics_lib
 from simmim_jax import optim
 from simmim_jax import sharding
@@ -142,6 +143,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     start_step = 0
     state = jax.jit(lambda r: nn.unbox(init_state(r)),
                     out_shardings=state_sharding)(init_key)
+    if config.init_from:  # the optimizer state is still zeros: keep it
+      state = state.replace(params=jax.device_put(
+          distill.initial_params(config, model, datasets, state.params),
+          state_sharding.params))
   else:
     logging.info('resuming from step %d', start_step)
     state = checkpointer.restore(
@@ -236,6 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'wall_seconds': time.time() - start_time,
       'model_parameters': int(sum(np.prod(x.shape)
                                   for x in jax.tree.leaves(state.params))),
+      'trainable_fraction': optim.trainable_fraction(state.params,
+                                                     config.trainable),
   }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
