@@ -17,3 +17,14 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data dir holding lra_listops/tiny, built once per test run."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import simmim_jax.data  # noqa: F401  pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('lra_listops/tiny', data_dir=path).download_and_prepare(
+      file_format='array_record')
+  return path

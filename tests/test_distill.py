@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import traverse_util
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
@@ -36,9 +35,9 @@ def test_swap_in_library_keeps_every_other_parameter():
             'head': {'bias': 2.0}}
   target = {'encoder': {'blocks': {'attention': {
       'query': {'kernel': 0.0},
-      'templates': {'library': np.zeros((2, 3, 4, 5))}}}},
+      'templates': {'library': np.zeros((2, 3, 4, 5), np.float32)}}}},
             'head': {'bias': 0.0}}
-  library = np.ones((2, 3, 4, 5))
+  library = np.ones((2, 3, 4, 5), np.float32)
   merged = distill.swap_in_library(target, source, library)
   assert merged['head']['bias'] == 2.0
   np.testing.assert_array_equal(
@@ -59,14 +58,6 @@ def test_trainable_mask():
   assert {'/'.join(k) for k, v in flat.items() if v} == {
       'head/wi/kernel', 'encoder/blocks/attention/templates/library'}
   assert optim.trainable_fraction(params, 'templates_and_head') == 28 / 44
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  tfds.builder('lra_listops/tiny', data_dir=path).download_and_prepare(
-      file_format='array_record')
-  return path
 
 
 def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir):

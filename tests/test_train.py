@@ -12,7 +12,6 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
 from simmim_jax import metrics as metrics_lib
@@ -21,14 +20,6 @@ from simmim_jax import train
 from tests import train_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  tfds.builder('lra_listops/tiny', data_dir=path).download_and_prepare(
-      file_format='array_record')
-  return path
 
 
 def _worker_env(devices: int = 1) -> dict[str, str]:
