@@ -79,7 +79,7 @@ def model_costs(model_fields: dict, batch: int, trained_length: int,
                               fields['vocab_size'])
   params = jax.jit(model.init)(jax.random.key(1), tokens)
   apply = jax.jit(model.apply)
-  seconds = cost._median_seconds(lambda: apply(params, tokens), repeats)  # pylint: disable=protected-access
+  seconds = cost.median_seconds(lambda: apply(params, tokens), repeats)
   long_tokens = jax.ShapeDtypeStruct((1, cost_length), jnp.int32)
   compiled = cost.compiled_cost(model.apply, params, long_tokens)
   return {'seconds_per_example': seconds / batch,

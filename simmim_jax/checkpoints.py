@@ -22,18 +22,18 @@ CONFIG_FILE = 'config.json'
 class Checkpointer:
   """Saves and restores (train state, data iterator) pairs under a workdir."""
 
-  def __init__(self, workdir: str, *, keep: int, best_metric: str,
-               best_mode: str):
+  def __init__(self, workdir: str, *, keep: int,
+               best_metric: Optional[str] = None, best_mode: str = 'max'):
+    """Keeps the last `keep` checkpoints, plus the best by `best_metric`."""
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self.best_metric = best_metric
-    preservation = policies.AnyPreservationPolicy([
-        policies.LatestN(keep),
-        policies.BestN(get_metric_fn=lambda m: m[best_metric],
-                       reverse=best_mode == 'min', n=1,
-                       keep_checkpoints_without_metrics=False),
-    ])
+    kept = [policies.LatestN(keep)]
+    if best_metric:
+      kept.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],
+                                 reverse=best_mode == 'min', n=1,
+                                 keep_checkpoints_without_metrics=False))
+    preservation = policies.AnyPreservationPolicy(kept)
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),

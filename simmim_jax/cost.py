@@ -43,7 +43,7 @@ def compiled_cost(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
   }
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
   jax.block_until_ready(fn())  # warm-up (and compile)
   times = []
   for _ in range(repeats):
@@ -82,7 +82,7 @@ def compare_families(lengths: Sequence[int], *, run_up_to: int = 4096,
         real_tokens = jax.random.randint(jax.random.key(1), (batch, length), 0,
                                          fields['vocab_size'])
         apply = jax.jit(model.apply)
-        row['forward_seconds'] = _median_seconds(
+        row['forward_seconds'] = median_seconds(
             lambda: apply(real_params, real_tokens), repeats)
       rows.append(row)
   return rows

@@ -146,8 +146,7 @@ def load_trained_params(workdir: str) -> tuple[Any, dict]:
   """(parameters of the latest checkpoint, saved config dict) of a run."""
   from simmim_jax import checkpoints  # pylint: disable=g-import-not-at-top
   saved_config = checkpoints.load_config(workdir)
-  checkpointer = checkpoints.Checkpointer(workdir, keep=1, best_metric='eval_',
-                                          best_mode='max')
+  checkpointer = checkpoints.Checkpointer(workdir, keep=1)
   step = checkpointer.latest_step()
   if saved_config is None or step is None:
     raise FileNotFoundError(f'init_from={workdir!r} holds no finished run '

@@ -36,10 +36,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       [optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+def _names(path) -> list[str]:
+  """The dict keys along a parameter's path (boxes' attributes skipped)."""
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
 def decay_mask(params):
   """True for parameters that get weight decay (all but biases and scales)."""
   def decays(path, _):
-    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    names = _names(path)
     return not names or names[-1] not in NO_DECAY
   return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -48,7 +53,7 @@ def trainable_mask(params, trainable: str):
   """True for the parameters `trainable` names: all of them, or only the
   template libraries and the output head (parameter-efficient fine-tuning)."""
   def trains(path, _):
-    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    names = _names(path)
     return trainable == 'all' or 'library' in names or names[:1] == ['head']
   return jax.tree_util.tree_map_with_path(trains, params)
 

@@ -14,7 +14,6 @@ from flax.training import train_state
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-TASKS = ('classification', 'dual', 'lm')
 
 
 class TrainState(train_state.TrainState):
