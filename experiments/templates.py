@@ -26,8 +26,8 @@ from absl import logging
 from ml_collections import config_flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from simmim_jax import attention
 from simmim_jax import cost
 from simmim_jax import templates as templates_lib
 from simmim_jax import train
@@ -46,27 +46,32 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def attention_flops(model_fields: dict, length: int) -> float:
-  """XLA FLOPs of one layer's token attention at `length` (batch 1)."""
+  """XLA FLOPs of one layer's token attention at `length` (batch 1); causal
+  for the LM."""
   cfg = ModelConfig.from_dict({**model_fields, 'max_len': length})
   qkv = jax.ShapeDtypeStruct((1, length, cfg.num_heads, cfg.head_dim),
                              jnp.float32)
   library = jax.ShapeDtypeStruct((cfg.num_heads, cfg.num_templates,
                                   cfg.head_dim), jnp.float32)
   segment_len = None if cfg.family == 'transformer' else cfg.segment_len
+  causal = cfg.head == 'lm'
   if cfg.attention_kind == 'templates':
     def fn(q, k, v, a):
-      outputs = (templates_lib.template_outputs(a, k, v) if segment_len is None
-                 else templates_lib.segment_template_outputs(a, k, v,
-                                                             segment_len))
-      return templates_lib.query_template_cache(outputs, q, a,
-                                                segment_len=segment_len)
+      assignments = templates_lib.assign_templates(q, a)
+      if causal:
+        return templates_lib.causal_template_attention(
+            a, assignments, k, v, segment_len=segment_len)
+      if segment_len is None:
+        return templates_lib.template_attention(a, assignments, k, v)
+      return templates_lib.segment_template_attention(a, assignments, k, v,
+                                                      segment_len)
     return cost.compiled_cost(fn, qkv, qkv, qkv, library)['flops']
-  from simmim_jax import attention  # pylint: disable=g-import-not-at-top
   if segment_len is None:
-    return cost.compiled_cost(attention.full_attention, qkv, qkv, qkv)['flops']
-  return cost.compiled_cost(
-      lambda q, k, v: attention.segment_attention(q, k, v, segment_len),
-      qkv, qkv, qkv)['flops']
+    fn = lambda q, k, v: attention.full_attention(q, k, v, causal=causal)
+  else:
+    fn = lambda q, k, v: attention.segment_attention(q, k, v, segment_len,
+                                                     causal=causal)
+  return cost.compiled_cost(fn, qkv, qkv, qkv)['flops']
 
 
 def model_costs(model_fields: dict, batch: int, trained_length: int,
@@ -129,6 +134,7 @@ def _row(stage, num_templates, results, fields, config, cost_length,
          repeats) -> dict:
   row = {'stage': stage, 'K': num_templates,
          'eval_accuracy': results['final']['eval_accuracy'],
+         'eval_bits_per_byte': results['final'].get('eval_bits_per_byte'),
          'test_accuracy': results.get('test', {}).get('test_accuracy'),
          # Nothing is trained when a library is only swapped in.
          'trainable_fraction': (0.0 if stage == 'swapped in' else
@@ -140,17 +146,21 @@ def _row(stage, num_templates, results, fields, config, cost_length,
 
 
 def markdown(rows: list[dict], cost_length: int) -> str:
+  """The study table; the LM's rows also give bits per byte."""
   original = rows[0]
-  lines = [f'| model | K | eval acc | test acc | acc kept | trainable | '
-           f'attention GFLOPs @{cost_length} | x fewer | model GFLOPs '
-           f'@{cost_length} | peak MiB @{cost_length} | ms / example |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  lm = original.get('eval_bits_per_byte') is not None
+  bpb_head, bpb_rule = (' eval bits/byte |', '---:|') if lm else ('', '')
+  lines = [f'| model | K | eval acc |{bpb_head} test acc | acc kept | '
+           f'trainable | attention GFLOPs @{cost_length} | x fewer | model '
+           f'GFLOPs @{cost_length} | peak MiB @{cost_length} | ms / example |',
+           f'|---|---:|---:|{bpb_rule}---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     kept = r['eval_accuracy'] / original['eval_accuracy']
     fewer = original['attention_gflops'] / r['attention_gflops']
     test = '-' if r['test_accuracy'] is None else f"{r['test_accuracy']:.3f}"
+    bpb = f" {r['eval_bits_per_byte']:.3f} |" if lm else ''
     lines.append(
-        f"| {r['stage']} | {r['K'] or '-'} | {r['eval_accuracy']:.3f} | "
+        f"| {r['stage']} | {r['K'] or '-'} | {r['eval_accuracy']:.3f} |{bpb} "
         f"{test} | {kept:.0%} | {r['trainable_fraction']:.1%} | "
         f"{r['attention_gflops']:.4f} | {fewer:.1f} | {r['model_gflops']:.2f} "
         f"| {r['peak_mib']:.1f} | {r['seconds_per_example'] * 1e3:.3f} |")

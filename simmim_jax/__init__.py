@@ -21,10 +21,14 @@ from simmim_jax.models import build_model
 __version__ = '0.1.0'
 
 from simmim_jax.templates import assign_templates
+from simmim_jax.templates import causal_template_attention
+from simmim_jax.templates import causal_template_outputs
 from simmim_jax.template_learning import ema_kmeans_update
 from simmim_jax.template_learning import quantize
 from simmim_jax.templates import query_template_cache
 from simmim_jax.template_learning import reseed_dead_templates
+from simmim_jax.template_cache import apply_with_cache
+from simmim_jax.template_cache import build_cache
 from simmim_jax.templates import segment_template_attention
 from simmim_jax.templates import segment_template_outputs
 from simmim_jax.templates import template_attention

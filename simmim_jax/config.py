@@ -17,6 +17,7 @@ HEADS = ('classifier', 'dual_encoder', 'lm')
 POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
 ATTENTION_KINDS = ('softmax', 'templates')
+TEMPLATE_UPDATES = ('vq', 'ema')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
 
@@ -58,6 +59,11 @@ class ModelConfig:
   num_templates: int = 16          # templates per head ('templates')
   commitment_cost: float = 0.25    # VQ commitment weight ('templates')
   routing_temperature: float = 1.0  # soft routing for the template gradient
+  template_update: str = 'ema'     # library learning: 'vq' (codebook loss
+                                   # + task gradient) | 'ema' (EMA k-means)
+  template_decay: float = 0.99     # EMA decay of template usage (and k-means)
+  reseed_threshold: float = 1.0    # re-seed templates used by fewer queries
+                                   # per step (EMA); 0 = never
 
   def __post_init__(self):
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
@@ -75,9 +81,13 @@ class ModelConfig:
     _one_of('dtype', self.dtype, tuple(DTYPES))
     _one_of('param_dtype', self.param_dtype, tuple(DTYPES))
     _one_of('attention_kind', self.attention_kind, ATTENTION_KINDS)
-    if self.attention_kind == 'templates' and self.head == 'lm':
-      raise ValueError("attention_kind 'templates' is not causal: it cannot "
-                       "serve head 'lm'")
+    _one_of('template_update', self.template_update, TEMPLATE_UPDATES)
+    if not 0.0 <= self.template_decay < 1.0:
+      raise ValueError(f'template_decay must be in [0, 1), got '
+                       f'{self.template_decay}')
+    if not self.reseed_threshold >= 0:
+      raise ValueError(f'reseed_threshold must be >= 0, got '
+                       f'{self.reseed_threshold}')
     if not self.commitment_cost >= 0:
       raise ValueError(f'commitment_cost must be >= 0, got '
                        f'{self.commitment_cost}')

@@ -116,6 +116,34 @@ def fit_library(queries: np.ndarray, num_templates: int, seed: int,
                    for q, rng in zip(queries, rngs)])
 
 
+def library_fit(queries: np.ndarray, library: np.ndarray) -> dict[str, float]:
+  """How well a library covers queries, pooled over layers and heads.
+
+  Args: queries [layers, points, heads, d]; library [layers, heads, K, d].
+
+  Returns:
+    relative_error: sum ||q - a_c(q)||^2 / sum ||q - mean_q||^2 with a_c(q)
+      the nearest template and mean_q its head's mean query: 0 = exact,
+      1 = no better than one template at the mean.
+    templates_used: share of templates nearest to at least one query.
+  """
+  error = spread = used = 0.0
+  for layer_queries, layer_library in zip(queries, library):
+    q = jnp.asarray(layer_queries)[None]  # [1, points, heads, d]
+    assignments = templates_lib.assign_templates(q, jnp.asarray(layer_library))
+    nearest = np.take_along_axis(
+        np.asarray(layer_library)[None],  # [1, heads, K, d]
+        np.asarray(assignments[0]).T[None, :, :, None], axis=2)[0]
+    q = np.asarray(layer_queries, np.float64)
+    error += np.sum((q - np.swapaxes(nearest, 0, 1)) ** 2)
+    spread += np.sum((q - q.mean(axis=0)) ** 2)
+    for h in range(layer_library.shape[0]):
+      used += len(np.unique(np.asarray(assignments[0, :, h])))
+  return {'relative_error': float(error / max(spread, 1e-30)),
+          'templates_used': used / (library.shape[0] * library.shape[1]
+                                    * library.shape[2])}
+
+
 def swap_in_library(template_params: Any, source_params: Any,
                     library: np.ndarray) -> Any:
   """Parameters for the template model: every parameter from the trained

@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.schedule = 'cosine'       # 'constant' | 'cosine' | 'rsqrt'
   config.warmup_steps = 100        # linear warmup from 0
   config.min_lr_ratio = 0.0        # cosine: final lr / peak lr
-  config.weight_decay = 0.01       # AdamW decoupled decay (not biases/scales)
+  config.weight_decay = 0.01       # AdamW decay (not biases, scales, libraries)
   config.adam_b1 = 0.9             # AdamW beta1
   config.adam_b2 = 0.98            # AdamW beta2
   config.grad_clip_norm = 1.0      # global-norm clipping; 0 disables

@@ -12,8 +12,7 @@ from flax import linen as nn
 
 from simmim_jax import attention
 from simmim_jax import hierarchy
-from simmim_jax import template_learning
-from simmim_jax import templates as templates_lib
+from simmim_jax.template_layer import TemplateAttention
 from simmim_jax.config import ModelConfig
 
 
@@ -71,7 +70,8 @@ class SelfAttention(nn.Module):
     self.sow('intermediates', 'queries', q)
     self.sow('intermediates', 'keys', k)
     if cfg.attention_kind == 'templates':
-      out = TemplateAttention(cfg, name='templates')(q, k, v, mask)
+      out = TemplateAttention(cfg, self.causal, name='templates')(
+          q, k, v, mask)
     elif cfg.family == 'transformer':
       out = attention.full_attention(q, k, v, mask=mask, causal=self.causal)
     else:
@@ -82,45 +82,6 @@ class SelfAttention(nn.Module):
         param_dtype=cfg.storage_dtype, use_bias=False,
         kernel_init=dense_init('heads', 'kv', 'embed'),
         name='out')(out)
-
-
-class TemplateAttention(nn.Module):
-  """Attention through a learned template library (memory-in-memory).
-
-  Each query takes its nearest template's attention output (over its segment,
-  or the whole sequence for family 'transformer'): K outputs per segment
-  instead of one per query. Learning is VQ-VAE style: the templates get the
-  task gradient through their outputs plus the codebook loss; the queries get
-  it through straight-through soft routing plus the commitment loss. The
-  losses are sown into the 'losses' collection, which the train step adds.
-  q, k, v: [batch, length, heads, head_dim] -> same shape.
-  """
-  config: ModelConfig
-
-  @nn.compact
-  def __call__(self, q, k, v, mask):
-    cfg = self.config
-    templates = self.param(
-        'library', nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                ('heads', 'templates', 'kv')),
-        (cfg.num_heads, cfg.num_templates, cfg.head_dim), cfg.storage_dtype)
-    assignments = templates_lib.assign_templates(jax.lax.stop_gradient(q),
-                                                 templates)
-    if cfg.family == 'transformer':
-      segment_len = None
-      outputs = templates_lib.template_outputs(templates, k, v, mask=mask)
-    else:
-      segment_len = cfg.segment_len
-      outputs = templates_lib.segment_template_outputs(
-          templates, k, v, segment_len, mask=mask)
-    routing = template_learning.soft_routing(
-        q, templates, assignments, temperature=cfg.routing_temperature)
-    losses = template_learning.vq_losses(q, templates, assignments, mask=mask)
-    self.sow('losses', 'templates',
-             losses['codebook'] + cfg.commitment_cost * losses['commitment'])
-    self.sow('intermediates', 'assignments', assignments)
-    return template_learning.route(routing, outputs, segment_len).astype(
-        q.dtype)
 
 
 class SegmentStateMerge(nn.Module):

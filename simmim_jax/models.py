@@ -18,6 +18,7 @@ from flax import linen as nn
 
 from simmim_jax import checks
 from simmim_jax import layers
+from simmim_jax import template_layer
 from simmim_jax.config import ModelConfig
 
 
@@ -77,9 +78,12 @@ class Encoder(nn.Module):
     block = layers.SMIBlock
     if cfg.remat:
       block = nn.remat(block, prevent_cse=False)
+    per_layer = ('params', 'intermediates', 'losses', template_layer.STATS,
+                 template_layer.PARAM_UPDATES, template_layer.CACHE)
     stack = nn.scan(
-        block, variable_axes={'params': 0, 'intermediates': 0, 'losses': 0},
-        split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+        block, variable_axes={name: 0 for name in per_layer},
+        split_rngs={'params': True, 'dropout': True, 'templates': True},
+        in_axes=nn.broadcast,
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     x, _ = stack(cfg, self.causal, deterministic, name='blocks')(x, mask)
     return layers.layer_norm(cfg, 'final_norm')(x)

@@ -7,8 +7,11 @@ import optax
 
 SCHEDULES = ('constant', 'cosine', 'rsqrt')
 TRAINABLE = ('all', 'templates_and_head')
-# Parameters whose name is one of these are not weight-decayed.
-NO_DECAY = ('bias', 'scale')
+# Top-level parameter names of the models' output heads.
+OUTPUT_HEADS = ('head', 'lm_head')
+# Parameters whose name is one of these are not weight-decayed (a template
+# library holds points in query space: decay would drag them to the origin).
+NO_DECAY = ('bias', 'scale', 'library')
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -42,7 +45,7 @@ def _names(path) -> list[str]:
 
 
 def decay_mask(params):
-  """True for parameters that get weight decay (all but biases and scales)."""
+  """True for parameters that get weight decay (all but NO_DECAY names)."""
   def decays(path, _):
     names = _names(path)
     return not names or names[-1] not in NO_DECAY
@@ -54,7 +57,8 @@ def trainable_mask(params, trainable: str):
   template libraries and the output head (parameter-efficient fine-tuning)."""
   def trains(path, _):
     names = _names(path)
-    return trainable == 'all' or 'library' in names or names[:1] == ['head']
+    return (trainable == 'all' or 'library' in names
+            or names[0] in OUTPUT_HEADS)
   return jax.tree_util.tree_map_with_path(trains, params)
 
 

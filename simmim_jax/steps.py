@@ -10,14 +10,41 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
+from flax import traverse_util
 from flax.training import train_state
+
+from simmim_jax import template_layer
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
+# Variable collections that persist across steps besides 'params'.
+STATE_COLLECTIONS = (template_layer.STATS,)
+
 
 class TrainState(train_state.TrainState):
-  """Step, parameters and optimizer state (apply_fn and tx are static)."""
+  """Step, parameters, optimizer state and model_state: the other variable
+  collections the model updates while training, e.g. {'template_stats': ...}
+  (apply_fn and tx are static)."""
+  model_state: Any = struct.field(default_factory=dict)
+
+
+def model_state(variables: dict[str, Any]) -> dict[str, Any]:
+  """The STATE_COLLECTIONS part of a model's variables."""
+  return {name: variables[name] for name in STATE_COLLECTIONS
+          if name in variables}
+
+
+def apply_param_updates(params: Any, updates: Any) -> Any:
+  """params + updates, where `updates` mirrors a sub-tree of params (what
+  layers sow into 'param_updates', e.g. moved or re-seeded templates)."""
+  if not updates:
+    return params
+  flat = traverse_util.flatten_dict(params)
+  for path, update in traverse_util.flatten_dict(updates).items():
+    flat[path] = flat[path] + update.astype(flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)
 
 
 def model_inputs(batch: Batch, task: str) -> tuple[jax.Array, ...]:
@@ -89,20 +116,28 @@ def make_train_step(task: str, label_smoothing: float = 0.0) -> Callable:
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
-      # Layers may sow auxiliary losses (e.g. the template library's VQ loss).
-      logits, aux = state.apply_fn(
-          {'params': params}, *model_inputs(batch, task), deterministic=False,
-          rngs={'dropout': rng}, mutable=['losses'])
+      # Layers may sow auxiliary losses (e.g. the template library's VQ
+      # loss), update their model_state and propose parameter updates.
+      logits, variables = state.apply_fn(
+          {'params': params, **state.model_state}, *model_inputs(batch, task),
+          deterministic=False,
+          rngs={'dropout': rng, 'templates': jax.random.fold_in(rng, 1)},
+          mutable=['losses', template_layer.PARAM_UPDATES, *STATE_COLLECTIONS])
       sums = metric_sums(logits, batch, task, label_smoothing)
-      aux_loss = sum((jnp.sum(x) for x in jax.tree.leaves(aux)),
+      aux_loss = sum((jnp.sum(x) for x in
+                      jax.tree.leaves(variables.get('losses', {}))),
                      jnp.zeros((), jnp.float32))
       sums['aux_loss_sum'] = aux_loss
       task_loss = sums['loss_sum'] / jnp.maximum(sums['count'], 1.0)
-      return task_loss + aux_loss, sums
+      return task_loss + aux_loss, (sums, variables)
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (sums, variables)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
+    new_state = new_state.replace(
+        params=apply_param_updates(
+            new_state.params, variables.get(template_layer.PARAM_UPDATES)),
+        model_state=model_state(variables))
     bad = ~jnp.isfinite(loss) & (metrics['first_nonfinite_step'] < 0)
     updated = {name: metrics[name] + sums[name] for name in sums}
     updated['steps'] = metrics['steps'] + 1

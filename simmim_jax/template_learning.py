@@ -1,7 +1,7 @@
 """Learning the template library: VQ-VAE losses, EMA k-means, re-seeding,
 and the straight-through routing that gives queries a task gradient.
 
-The template layer (template_layer.py) assigns each query its nearest
+The template layer (layers.TemplateAttention) assigns each query its nearest
 template; the forward pass uses exactly that template's output, while the
 gradient flows as if the query were softly routed over all templates.
 Shapes as in templates.py.
@@ -56,6 +56,23 @@ def route(routing: jax.Array, outputs: jax.Array,
   routing = split_segments(routing, segment_len).astype(outputs.dtype)
   mixed = jnp.einsum('bmlhk,bmhkd->bmlhd', routing, outputs)
   return merge_segments(mixed, length)
+
+
+def route_per_position(routing: jax.Array, outputs: jax.Array) -> jax.Array:
+  """`route` for `causal_template_outputs` [batch, length, heads, K, d]."""
+  return jnp.einsum('blhk,blhkd->blhd', routing.astype(outputs.dtype), outputs)
+
+
+def template_usage(assignments: jax.Array, num_templates: int, *,
+                   mask: Optional[jax.Array] = None) -> jax.Array:
+  """float32 [heads, K]: how many real queries each template was assigned.
+
+  assignments: [batch, length, heads] int; mask: optional [batch, length].
+  """
+  one_hot = jax.nn.one_hot(assignments, num_templates, dtype=jnp.float32)
+  if mask is not None:
+    one_hot = one_hot * mask.astype(jnp.float32)[:, :, None, None]
+  return jnp.sum(one_hot, axis=(0, 1))
 
 
 def _selected_templates(templates, assignments):
@@ -170,8 +187,9 @@ def reseed_dead_templates(templates: jax.Array, cluster_sizes: jax.Array,
 
   A head's reseeded templates are distinct queries while it has enough real
   ones; with no real position nothing changes. With EMA k-means, also reset
-  the reseeded templates' statistics (sizes < threshold; e.g. sums = template
-  * size), or the next `ema_kmeans_update` overwrites them.
+  the re-seeded templates' statistics (e.g. size = threshold, sums = template
+  * size, as layers.TemplateAttention does), or the next `ema_kmeans_update`
+  moves them back.
 
   Args:
     templates: [heads, K, head_dim]; cluster_sizes: [heads, K] EMA counts.
@@ -179,7 +197,8 @@ def reseed_dead_templates(templates: jax.Array, cluster_sizes: jax.Array,
       bool, True = real position; rng: a jax.random key.
     threshold: templates with cluster_sizes < threshold are dead.
 
-  Returns: (templates with the dead ones replaced, int32 number replaced).
+  Returns: (templates with the dead ones replaced, bool [heads, K]: which
+    were replaced).
   """
   heads, num_templates, head_dim = templates_lib.check_templates(templates)
   templates_lib.check_sizes(cluster_sizes, heads, num_templates)
@@ -201,4 +220,4 @@ def reseed_dead_templates(templates: jax.Array, cluster_sizes: jax.Array,
   dead = (cluster_sizes < threshold) & (num_real > 0)
   new_templates = jnp.where(dead[..., None],
                             candidates.astype(templates.dtype), templates)
-  return new_templates, jnp.sum(dead.astype(jnp.int32))
+  return new_templates, dead

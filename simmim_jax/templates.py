@@ -5,7 +5,8 @@ Query i is assigned its nearest template c(i) (squared L2) and gets
   out_{i,h} = sum_j softmax_j(a_{h,c(i)} . k_j / sqrt(head_dim)) v_j
 over the real keys j of the sequence (or of its segment). The K outputs cost
 O(K * length * head_dim) and are gathered per query: no [length, length]
-array; kept as a cache, they answer a new query in O(K * head_dim).
+array; kept as a cache, they answer a new query in O(K * head_dim). The
+causal variant keeps every template's running prefix output instead.
 q, k, v: [batch, length, heads, head_dim]; assignments: [batch, length, heads]
 int in [0, K); mask: [batch, length] bool, True = real token. Scores and
 softmax are float32 (wider for float64 inputs); outputs have v's dtype.
@@ -148,6 +149,79 @@ def _outputs(templates, k, v, key_mask):
   out = jnp.einsum('bmhks,bmshd->bmhkd', weights, v,
                    preferred_element_type=score_dtype(v.dtype))
   return out.astype(v.dtype)
+
+
+def causal_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
+                            *, mask: Optional[jax.Array] = None,
+                            segment_len: Optional[int] = None) -> jax.Array:
+  """Every template's causal attention output at every position:
+    out[b, i, h, c] = sum_{j <= i} softmax_j(a_{h,c} . k_j / sqrt(d)) v_j
+  over real keys j (of i's own segment when `segment_len` is given).
+
+  A template's prefix softmax is an online-softmax running (max, sum,
+  weighted sum) triple, combined by `lax.associative_scan`: O(K * length *
+  head_dim) per head, no [length, length] array. The same triple, kept per
+  template, is a constant-size decoding cache.
+
+  Args: templates [heads, K, head_dim]; k, v [batch, length, heads,
+    head_dim]; mask optional [batch, length] bool; segment_len optional
+    positive int.
+
+  Returns: [batch, length, heads, K, head_dim] in v's dtype; zeros where no
+    real key precedes.
+  """
+  check_keys(templates, k, v, mask)
+  batch, length = k.shape[:2]
+  if segment_len is None:
+    key_mask = None if mask is None else mask.astype(bool)[:, None]
+    k, v = k[:, None], v[:, None]
+  else:
+    segment_len = checks.positive_int(segment_len, 'segment_len')
+    key_mask = segment_key_mask(mask, batch, length, segment_len)
+    k, v = split_segments(k, segment_len), split_segments(v, segment_len)
+  wide = score_dtype(jnp.result_type(templates.dtype, k.dtype))
+  scale = jnp.asarray(1.0 / math.sqrt(templates.shape[-1]), templates.dtype)
+  scores = jnp.einsum('hkd,bmshd->bmshk', templates * scale, k,
+                      preferred_element_type=wide)  # [batch, m, l, heads, K]
+  real = (jnp.ones(scores.shape[:3], bool) if key_mask is None
+          else key_mask)[..., None, None]
+  # A finite floor, not -inf: two padded prefixes combine without inf - inf.
+  floor = jnp.finfo(wide).min
+  running_max = jnp.where(real, scores, floor)
+  total = jnp.broadcast_to(real, scores.shape).astype(wide)
+  weighted = total[..., None] * v.astype(wide)[:, :, :, :, None, :]
+
+  def combine(left, right):
+    max_l, total_l, weighted_l = left
+    max_r, total_r, weighted_r = right
+    new_max = jnp.maximum(max_l, max_r)
+    scale_l, scale_r = jnp.exp(max_l - new_max), jnp.exp(max_r - new_max)
+    return (new_max, total_l * scale_l + total_r * scale_r,
+            weighted_l * scale_l[..., None] + weighted_r * scale_r[..., None])
+
+  _, total, weighted = jax.lax.associative_scan(
+      combine, (running_max, total, weighted), axis=2)
+  out = weighted / jnp.where(total > 0, total, 1.0)[..., None]
+  return merge_segments(out, length).astype(v.dtype)
+
+
+def causal_template_attention(templates: jax.Array, assignments: jax.Array,
+                              k: jax.Array, v: jax.Array, *,
+                              mask: Optional[jax.Array] = None,
+                              segment_len: Optional[int] = None) -> jax.Array:
+  """Causal template attention: query i gets its template's output over the
+  real keys j <= i (within its segment when `segment_len` is given).
+
+  Args: as `template_attention`, plus optional `segment_len`.
+
+  Returns: [batch, length, heads, head_dim] in v's dtype.
+  """
+  check_keys(templates, k, v, mask)
+  check_assignments(assignments, k.shape[:3], templates.shape[1])
+  outputs = causal_template_outputs(templates, k, v, mask=mask,
+                                    segment_len=segment_len)
+  return jnp.take_along_axis(outputs, assignments[..., None, None],
+                             axis=3)[:, :, :, 0]
 
 
 def _gather(outputs, assignments, segment_len=None):

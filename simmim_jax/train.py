@@ -124,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def init_state(rng):
     variables = model.init(rng, *steps.model_inputs(_dummy_inputs(cfg, task),
                                                     task))
-    return steps.TrainState.create(apply_fn=model.apply,
-                                   params=variables['params'], tx=tx)
+    return steps.TrainState.create(
+        apply_fn=model.apply, params=variables['params'], tx=tx,
+        model_state=steps.model_state(variables))
 
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   boxed = jax.eval_shape(init_state, init_key)

@@ -138,8 +138,9 @@ def assign_templates(queries, templates):
 
 
 def segment_template_attention(templates, assignments, k, v, segment_len,
-                               mask=None):
-  """Position t: its template's attention over the real keys of its segment."""
+                               mask=None, causal=False):
+  """Position t: its template's attention over the real keys of its segment
+  (and only keys <= t when causal)."""
   a, k, v = (np.asarray(x, np.float64) for x in (templates, k, v))
   batch, length, heads, head_dim = k.shape
   mask = np.ones((batch, length), bool) if mask is None else np.asarray(mask)
@@ -149,18 +150,18 @@ def segment_template_attention(templates, assignments, k, v, segment_len,
       for t in range(length):
         template = a[h, int(assignments[b, t, h])]
         start = (t // segment_len) * segment_len
-        keys = [j for j in range(start, min(start + segment_len, length))
-                if mask[b, j]]
+        stop = t + 1 if causal else min(start + segment_len, length)
+        keys = [j for j in range(start, stop) if mask[b, j]]
         scores = [template @ k[b, j, h] / math.sqrt(head_dim) for j in keys]
         if keys:
           out[b, t, h] = _softmax_weighted(scores, [v[b, j, h] for j in keys])
   return out
 
 
-def template_attention(templates, assignments, k, v, mask=None):
+def template_attention(templates, assignments, k, v, mask=None, causal=False):
   """The whole sequence as one segment."""
   return segment_template_attention(templates, assignments, k, v,
-                                    max(np.shape(k)[1], 1), mask)
+                                    max(np.shape(k)[1], 1), mask, causal)
 
 
 def ema_kmeans_update(sizes, sums, queries, assignments, decay, mask=None,

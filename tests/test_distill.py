@@ -58,6 +58,9 @@ def test_trainable_mask():
   assert {'/'.join(k) for k, v in flat.items() if v} == {
       'head/wi/kernel', 'encoder/blocks/attention/templates/library'}
   assert optim.trainable_fraction(params, 'templates_and_head') == 28 / 44
+  lm_params = {'lm_head': {'kernel': jnp.zeros((2, 3))},
+               'encoder': {'token_embedding': {'embedding': jnp.zeros((3,))}}}
+  assert optim.trainable_fraction(lm_params, 'templates_and_head') == 6 / 9
 
 
 def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir):
@@ -119,3 +122,18 @@ def test_template_study_end_to_end(tmp_path, data_dir):
   assert swapped['trainable_fraction'] == 0 < tuned['trainable_fraction'] < 1
   table = study.markdown(rows, 256)
   assert table.count('\n') == 4 and 'templates fine-tuned' in table
+
+
+def test_library_fit_measures_error_and_usage(rng):
+  queries = rng.normal(size=(2, 50, 3, 4)).astype(np.float32)
+  # One template per head at the mean: relative error 1, one template used
+  # of two (the other is far away).
+  means = queries.mean(axis=1)  # [layers, heads, d]
+  library = np.stack([means, means + 1e3], axis=2)  # [layers, heads, 2, d]
+  fit = distill.library_fit(queries, library)
+  np.testing.assert_allclose(fit['relative_error'], 1.0, rtol=1e-5)
+  assert fit['templates_used'] == 0.5
+  # Every query its own template: exact.
+  exact = np.swapaxes(queries, 1, 2)  # [layers, heads, 50, d]
+  fit = distill.library_fit(queries, exact)
+  assert fit['relative_error'] < 1e-10 and fit['templates_used'] == 1.0

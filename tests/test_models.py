@@ -62,9 +62,11 @@ def _input_gradients(model, params, tokens):
   return np.abs(np.asarray(jac[:, 0])).sum(axis=-1)  # [out, in]
 
 
+@pytest.mark.parametrize('attention_kind', ['softmax', 'templates'])
 @pytest.mark.parametrize('family', FAMILIES)
-def test_lm_is_causal_by_gradients(rng, family):
-  cfg = _config(family=family, head='lm', num_layers=2)
+def test_lm_is_causal_by_gradients(rng, family, attention_kind):
+  cfg = _config(family=family, head='lm', num_layers=2,
+                attention_kind=attention_kind, num_templates=3)
   lm = simmim_jax.CausalLM(cfg)
   tokens = _tokens(rng, 1, 18)  # 4 full segments and a partial one
   params = _init(lm, tokens)

@@ -1,0 +1,131 @@
+"""The benchmark suite's quick mode: files, costs and scaling are consistent."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from simmim_jax import benchmark_cases as cases
+from simmim_jax import benchmark_report
+from simmim_jax import benchmarks
+
+FILES = ('benchmark.json', 'benchmark.md', 'time_vs_length.png',
+         'memory_vs_length.png')
+
+
+@pytest.fixture(scope='module')
+def out_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('benchmark'))
+  benchmarks.run(benchmarks.QUICK, path, command=['test_benchmark'])
+  return path
+
+
+@pytest.fixture(scope='module')
+def report(out_dir):
+  with open(os.path.join(out_dir, 'benchmark.json')) as f:
+    return json.load(f)
+
+
+def _flops(report, name, mode):
+  """{length: XLA FLOPs} of one JAX case."""
+  return {r['length']: r['flops'] for r in report['rows']
+          if r['framework'] == 'jax' and r['name'] == name
+          and r['mode'] == mode}
+
+
+def test_writes_every_file(out_dir):
+  for name in FILES:
+    assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+
+
+def test_every_row_is_costed_and_every_run_is_timed(report):
+  assert report['ceiling']['gflops_per_s'] > 0
+  for row in report['rows']:
+    assert row['flops'] > 0, row
+    if row['framework'] == 'jax':
+      assert row['peak_bytes'] > 0, row
+    if row['seconds'] is not None:
+      assert row['seconds'] > 0 and row['gflops_per_s'] > 0, row
+  assert all(r['seconds'] is not None for r in report['rows']
+             if r['framework'] == 'jax'), 'quick cases fit any budget'
+
+
+def test_segment_attention_flops_double_with_length(report):
+  for mode in (cases.FORWARD, cases.BACKWARD):
+    flops = _flops(report, 'segment_attention', mode)
+    assert 1.9 <= flops[512] / flops[256] <= 2.1, (mode, flops)
+
+
+def test_full_attention_flops_quadruple_with_length(report):
+  for mode in (cases.FORWARD, cases.BACKWARD):
+    flops = _flops(report, 'full_attention', mode)
+    assert 3.6 <= flops[512] / flops[256] <= 4.4, (mode, flops)
+
+
+def test_backward_costs_more_than_forward(report):
+  names = {r['name'] for r in report['rows'] if r['group'] != 'train_step'}
+  for name in names:
+    forward = _flops(report, name, cases.FORWARD)
+    backward = _flops(report, name, cases.BACKWARD)
+    for length, flops in forward.items():
+      assert backward[length] > flops, (name, length)
+
+
+def test_torch_rows_are_measured_or_skipped(report):
+  rows = [r for r in report['rows'] if r['framework'] == 'torch']
+  assert {r['name'] for r in rows} == set(cases.TORCH_TWINS)
+  torch, _ = benchmarks.import_torch()
+  for row in rows:
+    assert (row['seconds'] is None) == bool(row['skipped']), row
+    if torch is None:
+      assert row['skipped'].startswith('torch not importable'), row
+  if torch is not None:
+    assert any(r['seconds'] for r in rows)
+
+
+def test_train_step_and_compile_rows(report):
+  steps = [r for r in report['rows'] if r['group'] == 'train_step']
+  assert {r['name'] for r in steps} == {
+      f'Classifier/{family}'
+      for family in benchmarks.QUICK.train_step_families}
+  assert all(r['tokens_per_s'] > 0 for r in steps)
+  depths = [r['num_layers'] for r in report['compile_vs_depth']]
+  assert depths == list(benchmarks.QUICK.compile_depths)
+  assert all(r['compile_seconds'] > 0 for r in report['compile_vs_depth'])
+
+
+def test_segment_attention_slopes_meet_target(report):
+  for entry in report['slopes']:
+    if entry['name'] == 'segment_attention':
+      assert entry['meets_target'], entry
+
+
+def test_markdown_names_every_case(out_dir, report):
+  with open(os.path.join(out_dir, 'benchmark.md')) as f:
+    markdown = f.read()
+  names = list(cases.op_workloads(cases.Sizes(), 1024)) + list(
+      cases.TORCH_TWINS) + [r['name'] for r in report['rows']]
+  for name in names:
+    assert f'| {name} |' in markdown, name
+  assert markdown == benchmark_report.to_markdown(report)
+
+
+def test_predicted_seconds_scales_the_last_run_by_flops():
+  assert benchmarks.predicted_seconds(4e9, 1e9, None) == 4.0
+  shorter = {'seconds': 3.0, 'flops': 1e9}
+  assert benchmarks.predicted_seconds(4e9, 1e9, shorter) == 12.0
+  assert benchmarks.predicted_seconds(4e9, 1e8, shorter) == 40.0
+
+
+def test_cases_over_budget_are_costed_but_not_run():
+  config = dataclasses.replace(benchmarks.QUICK, memory_budget_gib=1e-6)
+  case = cases.jax_cases(config.sizes, (256,), (), ())[0]
+  rows = benchmarks.measure_case(case, config, 1e9, dict.fromkeys(case.modes))
+  assert [r['mode'] for r in rows] == [cases.FORWARD, cases.BACKWARD]
+  for row in rows:
+    assert row['flops'] > 0 and row['peak_bytes'] > 0, row
+    assert row['seconds'] is None and 'budget' in row['skipped'], row
+  slow = dataclasses.replace(benchmarks.QUICK, max_seconds_per_call=1e-12)
+  rows = benchmarks.measure_case(case, slow, 1e9, dict.fromkeys(case.modes))
+  assert all('predicted' in r['skipped'] for r in rows), rows
