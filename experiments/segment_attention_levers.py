@@ -2,7 +2,7 @@ r"""Ways to compute segment attention, timed side by side in one process.
 
 Each variant computes exactly `simmim_jax.segment_attention` (checked against
 it before timing); the table gives median forward and forward+backward times
-at one length, the forward+backward rate (the current implementation's XLA
+at one length, the forward+backward rate (the previous implementation's XLA
 FLOP count over each variant's time) against a matmul measured in the same
 run, compiled peak memory, and the PyTorch SDPA peer on the same segments
 when torch imports.
@@ -11,6 +11,7 @@ when torch imports.
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
 """
 
+import functools
 import math
 
 from absl import app
@@ -29,6 +30,18 @@ from simmim_jax.cost import median_seconds
 _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
 _HEADS, _HEAD_DIM, _SEGMENT_LEN = 8, 64, 128
+
+
+def plain_einsum(q, k, v, segment_len):
+  """The previous implementation: reshape to [b, m, l, h, d], two einsums,
+  softmax, all differentiated by JAX."""
+  length = q.shape[1]
+  split = lambda x: attention.split_segments(x, segment_len)
+  scores = jnp.einsum('bmqhd,bmkhd->bmhqk',
+                      split(q * (1.0 / math.sqrt(q.shape[-1]))), split(k))
+  weights = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, split(v))
+  return attention.merge_segments(out, length)
 
 
 def deferred_normalisation(q, k, v, segment_len):
@@ -83,13 +96,78 @@ def chunked(q, k, v, segment_len, segments_per_chunk=8):
   return jnp.moveaxis(out, 0, 1).reshape(batch, -1, heads, dim)[:, :length]
 
 
+def _chunks(x, segment_len, group):
+  """[b, n, h, d] -> [chunks, b, group, segment_len, h, d]."""
+  segments = attention.split_segments(x, segment_len)
+  batch, num_segments = segments.shape[:2]
+  return jnp.moveaxis(segments.reshape(
+      batch, num_segments // group, group, *segments.shape[2:]), 1, 0)
+
+
+def _unchunk(x, length):
+  """[chunks, b, group, l, h, d] -> [b, length, h, d]."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[-2:])[:, :length]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def recompute_chunked(q, k, v, segment_len, group=4):
+  """Flash-style: forward keeps only the output and the log-sum-exp; the
+  backward recomputes each chunk's weights, so no [l, l] array is stored."""
+  return _recompute_forward(q, k, v, segment_len, group)[0]
+
+
+def _chunk_forward(q, k, v, scale):
+  scores = jnp.einsum('bgqhd,bgkhd->bghqk', q * scale, k)
+  lse = jax.nn.logsumexp(scores, axis=-1)  # [b, g, h, q]
+  weights = jnp.exp(scores - lse[..., None])
+  return jnp.einsum('bghqk,bgkhd->bgqhd', weights, v), lse
+
+
+def _recompute_forward(q, k, v, segment_len, group):
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  out, lse = jax.lax.map(
+      lambda c: _chunk_forward(*c, scale),
+      tuple(_chunks(x, segment_len, group) for x in (q, k, v)))
+  out = _unchunk(out, q.shape[1])
+  return out, (q, k, v, out, lse)
+
+
+def _recompute_backward(segment_len, group, residuals, d_out):
+  q, k, v, out, lse = residuals
+  scale = 1.0 / math.sqrt(q.shape[-1])
+
+  def chunk(c):
+    q, k, v, o, do, lse = c
+    weights = jnp.exp(jnp.einsum('bgqhd,bgkhd->bghqk', q * scale, k)
+                      - lse[..., None])
+    dv = jnp.einsum('bghqk,bgqhd->bgkhd', weights, do)
+    dp = jnp.einsum('bgqhd,bgkhd->bghqk', do, v)
+    delta = jnp.einsum('bgqhd,bgqhd->bghq', do, o)
+    ds = weights * (dp - delta[..., None])
+    dq = jnp.einsum('bghqk,bgkhd->bgqhd', ds, k) * scale
+    dk = jnp.einsum('bghqk,bgqhd->bgkhd', ds, q) * scale
+    return dq, dk, dv
+
+  grads = jax.lax.map(chunk, (*(_chunks(x, segment_len, group)
+                                for x in (q, k, v, out, d_out)), lse))
+  return tuple(_unchunk(g, q.shape[1]) for g in grads)
+
+
+recompute_chunked.defvjp(_recompute_forward, _recompute_backward)
+
+
 VARIANTS = {
-    'segment_attention (current)': lambda q, k, v, l: (
-        simmim_jax.segment_attention(q, k, v, l)),
+    'reshape + einsum, autodiff (previous)': plain_einsum,
+    'segment_attention (heads-major, custom VJP)': (
+        lambda q, k, v, l: simmim_jax.segment_attention(q, k, v, l)),
     'deferred normalisation': deferred_normalisation,
-    'heads-major layout': heads_major,
+    'heads-major layout, autodiff': heads_major,
     'jax.nn.dot_product_attention on segments': xla_sdpa,
     'lax.map over 8-segment chunks': chunked,
+    'custom_vjp, recompute per 4-segment chunk': recompute_chunked,
+    'custom_vjp, recompute per 16-segment chunk': functools.partial(
+        recompute_chunked, group=16),
 }
 
 
@@ -107,7 +185,7 @@ def main(argv):
   print(f'matmul ceiling: {ceiling:.1f} GFLOP/s (4096^3, float32)')
   print('| variant | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s | % ceiling | '
         'peak MiB |\n|---|---:|---:|---:|---:|---:|')
-  useful_flops = None  # the current implementation's count, for every row
+  useful_flops = None  # the previous implementation's count, for every row
   for name, fn in VARIANTS.items():
     forward = jax.jit(lambda q, k, v, fn=fn: fn(q, k, v, _SEGMENT_LEN))
     np.testing.assert_allclose(forward(q, k, v), want, rtol=2e-4, atol=2e-5)

@@ -36,6 +36,43 @@ def test_segment_attention_matches_reference(rng, length, segment_len,
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _autodiff_segment_attention(q, k, v, segment_len, mask, causal):
+  """The definition in plain jnp, differentiated by JAX (no custom rule)."""
+  length, head_dim = q.shape[1], q.shape[3]
+  split = lambda x: attention.split_segments(x, segment_len)
+  scores = jnp.einsum('bmqhd,bmkhd->bmhqk', split(q), split(k)) / np.sqrt(
+      head_dim)
+  allowed = attention.segment_key_mask(mask, q.shape[0], length, segment_len)
+  allowed = None if allowed is None else allowed[:, :, None, None, :]
+  if causal:
+    lower = np.tril(np.ones((segment_len, segment_len), bool))
+    allowed = lower if allowed is None else allowed & lower
+  weights = attention.masked_softmax(scores, allowed)
+  out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, split(v))
+  return attention.merge_segments(out, length)
+
+
+@pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (5, 8)])
+@pytest.mark.parametrize('use_mask', [False, True])
+@pytest.mark.parametrize('causal', [False, True])
+def test_segment_attention_gradients_match_autodiff(rng, length, segment_len,
+                                                    use_mask, causal):
+  with jax.enable_x64(True):
+    q, k, v, cotangent = _qkv(rng, 2, length, 3, 4, np.float64) + [
+        jnp.asarray(rng.normal(size=(2, length, 3, 4)))]
+    mask = jnp.asarray(rng.random((2, length)) < 0.7) if use_mask else None
+    mask = None if mask is None else mask.at[0].set(False)  # a keyless row
+    grads = [jax.grad(lambda q, k, v: jnp.sum(
+        fn(q, k, v, segment_len, mask=mask, causal=causal) * cotangent),
+                      argnums=(0, 1, 2))(q, k, v)
+             for fn in (simmim_jax.segment_attention,
+                        lambda q, k, v, l, mask, causal:
+                        _autodiff_segment_attention(q, k, v, l, mask, causal))]
+    for got, want in zip(*grads):
+      assert got.dtype == jnp.float64
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize('causal', [False, True])
 def test_segment_attention_bfloat16(rng, causal):
   q, k, v = _qkv(rng, 2, 45, 2, 8, jnp.bfloat16)
