@@ -116,8 +116,8 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 # both matmuls have their batch dimensions leading, and has a hand-written
 # backward: it reuses the forward's weights and needs rowsum(dout * out), a
 # [l, d] pass, where autodiff's softmax backward makes [l, l] ones. At length
-# 8192 on a 2-core CPU this took forward+backward from 96 to 68 ms
-# (experiments/segment_attention_levers.py).
+# 8192 on a 2-core CPU this took forward+backward from 90 to 53 ms
+# (experiments/segment_attention_levers.py; BENCHMARKS.md).
 
 def _to_heads(x, segment_len):
   """[batch, length, heads, d] -> [batch, heads, m, segment_len, d]."""
