@@ -108,6 +108,7 @@ def test_init_from_a_missing_run_is_a_clear_error(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow  # the full study is experiments/templates.py; ~40 s
 def test_template_study_end_to_end(tmp_path, data_dir):
   from experiments import templates as study
   config = train_worker.small_config(data_dir, num_steps=2,

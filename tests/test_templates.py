@@ -184,11 +184,11 @@ def test_causal_template_attention_float64_and_causality(rng):
             templates, assignments, k, v, 8, mask, causal=True),
         rtol=1e-12, atol=1e-12)
     # Output t has zero gradient w.r.t. every key and value after t.
-    for t in (0, 7, 12):
-      grads = jax.grad(lambda k, v: attend(k, v)[0, t].sum(),
-                       argnums=(0, 1))(k, v)
-      for g in grads:
-        assert np.all(np.asarray(g)[0, t + 1:] == 0), t
+    t = 6  # in the first segment of 8, with later keys in the same segment
+    grads = jax.grad(lambda k, v: attend(k, v)[0, t].sum(),
+                     argnums=(0, 1))(k, v)
+    for g in grads:
+      assert np.all(np.asarray(g)[0, t + 1:] == 0)
 
 
 def test_one_template_per_query_is_causal_attention(rng):
