@@ -22,6 +22,7 @@ from flax import linen as nn
 from simmim_jax import attention
 from simmim_jax import layers
 from simmim_jax import models
+from simmim_jax import steps
 from simmim_jax import templates
 from simmim_jax.config import DTYPES
 from simmim_jax.config import FAMILIES
@@ -218,34 +219,26 @@ def mode_args(case: Case) -> dict[str, tuple[Any, ...]]:
 
 def train_step_case(sizes: Sizes, family: str, length: int,
                     num_layers: int) -> Case:
-  """One AdamW step of a Classifier on one [1, length] sequence.
+  """The project's train step (`steps.make_train_step`, AdamW) of a
+  Classifier on one [1, length] sequence.
 
-  fn((params, opt_state), tokens [1, length], labels [1]) ->
-  ((params, opt_state), loss): cross-entropy, its gradient, the update.
+  fn(state, batch, metrics, dropout_key) -> (state, metrics).
   """
   model = models.Classifier(model_config(sizes, family, length, num_layers))
-  optimizer = optax.adamw(1e-3)
 
   def inputs():
     tokens = jax.random.randint(jax.random.key(0), (1, length), 0,
                                 sizes.vocab_size)
-    params = nn.unbox(model.init(jax.random.key(1),
-                                 tokens[:, :sizes.segment_len]))['params']
-    return (params, optimizer.init(params)), tokens, jnp.zeros((1,), jnp.int32)
-
-  def step(state, tokens, labels):
-    params, opt_state = state
-
-    def loss_fn(params):
-      logits = model.apply({'params': params}, tokens).astype(jnp.float32)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    variables = model.init(jax.random.key(1), tokens[:, :sizes.segment_len])
+    state = steps.TrainState.create(
+        apply_fn=model.apply, params=nn.unbox(variables['params']),
+        tx=optax.adamw(1e-3), model_state=steps.model_state(variables))
+    batch = {'tokens': tokens, 'mask': jnp.ones((1, length), bool),
+             'label': jnp.zeros((1,), jnp.int32), 'weight': jnp.ones((1,))}
+    return state, batch, steps.empty_metrics(), jax.random.key(2)
 
   return Case('train_step', f'Classifier/{family}', length, inputs,
-              {TRAIN_STEP: step})
+              {TRAIN_STEP: steps.make_train_step('classification')})
 
 
 def jax_cases(sizes: Sizes, lengths: tuple[int, ...],

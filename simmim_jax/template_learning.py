@@ -69,10 +69,16 @@ def template_usage(assignments: jax.Array, num_templates: int, *,
 
   assignments: [batch, length, heads] int; mask: optional [batch, length].
   """
-  one_hot = jax.nn.one_hot(assignments, num_templates, dtype=jnp.float32)
-  if mask is not None:
-    one_hot = one_hot * mask.astype(jnp.float32)[:, :, None, None]
-  return jnp.sum(one_hot, axis=(0, 1))
+  return jnp.sum(_masked_one_hot(assignments, num_templates, mask,
+                                 jnp.float32), axis=(0, 1))
+
+
+def _masked_one_hot(assignments, num_templates, mask, dtype):
+  """[batch, length, heads, K]: one-hot assignments, zero at padding."""
+  one_hot = jax.nn.one_hot(assignments, num_templates, dtype=dtype)
+  if mask is None:
+    return one_hot
+  return one_hot * mask.astype(dtype)[:, :, None, None]
 
 
 def _selected_templates(templates, assignments):
@@ -159,9 +165,7 @@ def ema_kmeans_update(cluster_sizes: jax.Array, cluster_sums: jax.Array,
   if checks.is_concrete(decay) and np.ndim(decay) == 0 and not 0 <= decay <= 1:
     raise ValueError(f'decay must be in [0, 1], got {decay}')
   dtype = score_dtype(jnp.result_type(queries.dtype, cluster_sums.dtype))
-  one_hot = jax.nn.one_hot(assignments, num_templates, dtype=dtype)
-  if mask is not None:
-    one_hot = one_hot * mask.astype(dtype)[:, :, None, None]
+  one_hot = _masked_one_hot(assignments, num_templates, mask, dtype)
   q = jax.lax.stop_gradient(queries).astype(dtype)
   counts = jnp.sum(one_hot, axis=(0, 1))  # [heads, K]
   sums = jnp.einsum('blhk,blhd->hkd', one_hot, q,
