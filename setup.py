@@ -34,8 +34,8 @@ setuptools.setup(
         'tensorflow-datasets>=4.9.9',
     ],
     extras_require={
-        'test': ['pytest>=8', 'nbclient>=0.10', 'nbformat>=5.10',
-                 'ipykernel>=6.29', 'matplotlib>=3.8'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10',
+                 'nbformat>=5.10', 'ipykernel>=6.29', 'matplotlib>=3.8'],
         'notebooks': ['jupyter', 'matplotlib>=3.8'],
     },
 )

@@ -2,17 +2,25 @@ r"""Ways to compute segment attention, timed side by side in one process.
 
 Each variant computes exactly `simmim_jax.segment_attention` (checked against
 it before timing); the table gives median forward and forward+backward times
-at one length, the forward+backward rate (the previous implementation's XLA
+at one length, the forward+backward rate (the first implementation's XLA
 FLOP count over each variant's time) against a matmul measured in the same
-run, compiled peak memory, and the PyTorch SDPA peer on the same segments
-when torch imports.
+run, compiled peak memory, minor page faults per forward+backward call, and
+the PyTorch SDPA peer on the same segments when torch imports. Variants are
+timed in interleaved rounds (one call of each per round), so a slow spell of
+the machine hits all of them alike.
 
   MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 \
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
+
+With more than one device, a last variant splits the heads over all of them.
 """
 
+import contextlib
 import functools
 import math
+import resource
+import time
 
 from absl import app
 from absl import flags
@@ -24,11 +32,13 @@ import simmim_jax
 from simmim_jax import attention
 from simmim_jax import benchmark_cases
 from simmim_jax import benchmarks
-from simmim_jax.cost import compiled_cost
-from simmim_jax.cost import median_seconds
+from simmim_jax.cost import program_cost
 
 _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
+_ONLY = flags.DEFINE_string(
+    'only', '', 'time only the variants whose name starts with this (the '
+    'first implementation always runs: its FLOP count is the yardstick)')
 _HEADS, _HEAD_DIM, _SEGMENT_LEN = 8, 64, 128
 
 
@@ -72,6 +82,44 @@ def heads_major(q, k, v, segment_len):
   weights = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum('bhmqk,bhmkd->bhmqd', weights, to_heads(v))
   return attention.merge_segments(jnp.moveaxis(out, 1, 3), length)
+
+
+def _to_heads(x, segment_len):
+  return jnp.moveaxis(attention.split_segments(x, segment_len), 3, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def heads_major_custom_vjp(q, k, v, segment_len):
+  """The second implementation: heads-major at full length, two batched
+  einsums, and a hand-written VJP from the stored weights."""
+  return _heads_major_forward(q, k, v, segment_len)[0]
+
+
+def _heads_major_forward(q, k, v, segment_len):
+  q, k, v = (_to_heads(x, segment_len) for x in (q, k, v))
+  weights = jax.nn.softmax(jnp.einsum(
+      'bhmqd,bhmkd->bhmqk', q / math.sqrt(q.shape[-1]), k), axis=-1)
+  out = jnp.einsum('bhmqk,bhmkd->bhmqd', weights, v)
+  length = q.shape[2] * segment_len
+  return (attention.merge_segments(jnp.moveaxis(out, 1, 3), length),
+          (q, k, v, out, weights))
+
+
+def _heads_major_backward(segment_len, residuals, d_out):
+  q, k, v, out, weights = residuals
+  length = d_out.shape[1]
+  d_out = _to_heads(d_out, segment_len)
+  d_v = jnp.einsum('bhmqk,bhmqd->bhmkd', weights, d_out)
+  d_weights = jnp.einsum('bhmqd,bhmkd->bhmqk', d_out, v)
+  row = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  d_scores = weights * (d_weights - row) / math.sqrt(q.shape[-1])
+  d_q = jnp.einsum('bhmqk,bhmkd->bhmqd', d_scores, k)
+  d_k = jnp.einsum('bhmqk,bhmqd->bhmkd', d_scores, q)
+  return tuple(attention.merge_segments(jnp.moveaxis(g, 1, 3), length)
+               for g in (d_q, d_k, d_v))
+
+
+heads_major_custom_vjp.defvjp(_heads_major_forward, _heads_major_backward)
 
 
 def xla_sdpa(q, k, v, segment_len):
@@ -157,18 +205,88 @@ def _recompute_backward(segment_len, group, residuals, d_out):
 recompute_chunked.defvjp(_recompute_forward, _recompute_backward)
 
 
+def segment_attention(q, k, v, segment_len):
+  return simmim_jax.segment_attention(q, k, v, segment_len)
+
+
+def _step_scores(segments):
+  """A score budget of `segments` segments per loop step at these sizes."""
+  return segments * _HEADS * _SEGMENT_LEN * _SEGMENT_LEN
+
+
+# name: (function, attributes of simmim_jax.attention patched while compiling)
 VARIANTS = {
-    'reshape + einsum, autodiff (previous)': plain_einsum,
-    'segment_attention (heads-major, custom VJP)': (
-        lambda q, k, v, l: simmim_jax.segment_attention(q, k, v, l)),
-    'deferred normalisation': deferred_normalisation,
-    'heads-major layout, autodiff': heads_major,
-    'jax.nn.dot_product_attention on segments': xla_sdpa,
-    'lax.map over 8-segment chunks': chunked,
-    'custom_vjp, recompute per 4-segment chunk': recompute_chunked,
-    'custom_vjp, recompute per 16-segment chunk': functools.partial(
-        recompute_chunked, group=16),
+    'reshape + einsum, autodiff (first)': (plain_einsum, {}),
+    'heads-major, custom VJP (second)': (heads_major_custom_vjp, {}),
+    'segment_attention (steps of 4 segments, custom VJP)': (
+        segment_attention, {}),
+    '... steps of 1 segment': (
+        segment_attention, {'_STEP_SCORES': _step_scores(1)}),
+    '... steps of 16 segments': (
+        segment_attention, {'_STEP_SCORES': _step_scores(16)}),
+    '... without the transpose barrier': (
+        segment_attention, {'_transposed': lambda x: jnp.swapaxes(x, 1, 2)}),
+    'deferred normalisation': (deferred_normalisation, {}),
+    'heads-major layout, autodiff': (heads_major, {}),
+    'jax.nn.dot_product_attention on segments': (xla_sdpa, {}),
+    'lax.map over 8-segment chunks, autodiff': (chunked, {}),
+    'custom_vjp, recompute per 4-segment chunk': (recompute_chunked, {}),
+    'custom_vjp, recompute per 16-segment chunk': (
+        functools.partial(recompute_chunked, group=16), {}),
 }
+
+
+@contextlib.contextmanager
+def _patched(module, attributes):
+  saved = {name: getattr(module, name) for name in attributes}
+  try:
+    for name, value in attributes.items():
+      setattr(module, name, value)
+    yield
+  finally:
+    for name, value in saved.items():
+      setattr(module, name, value)
+
+
+def _minor_faults():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _interleaved(calls, rounds):
+  """Median seconds and minor page faults per call, one call of each per
+  round after a warm-up call of each."""
+  for call in calls.values():
+    jax.block_until_ready(call())
+  seconds = {name: [] for name in calls}
+  faults = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      before, start = _minor_faults(), time.perf_counter()
+      jax.block_until_ready(call())
+      seconds[name].append(time.perf_counter() - start)
+      faults[name].append(_minor_faults() - before)
+  return ({name: float(np.median(t)) for name, t in seconds.items()},
+          {name: float(np.median(f)) for name, f in faults.items()})
+
+
+def _split_heads_calls(name, q, k, v, cotangent, want):
+  """`segment_attention` with its heads sharded over all devices. XLA's CPU
+  backend runs a batched dot on one core, so on a CPU started with
+  XLA_FLAGS=--xla_force_host_platform_device_count=N this is how the
+  segments use N cores."""
+  mesh = jax.make_mesh((jax.device_count(),), ('heads',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  split = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, None, 'heads', None))
+  q, k, v, cotangent = (jax.device_put(x, split)
+                        for x in (q, k, v, cotangent))
+  forward = jax.jit(lambda q, k, v: segment_attention(q, k, v, _SEGMENT_LEN))
+  both = jax.jit(jax.grad(lambda q, k, v: jnp.sum(
+      segment_attention(q, k, v, _SEGMENT_LEN) * cotangent),
+                          argnums=(0, 1, 2)))
+  np.testing.assert_allclose(forward(q, k, v), want, rtol=2e-4, atol=2e-5)
+  return {name + ' fwd': lambda: forward(q, k, v),
+          name + ' both': lambda: both(q, k, v)}
 
 
 def main(argv):
@@ -179,38 +297,57 @@ def main(argv):
   q, k, v, cotangent = (jax.random.normal(key, shape) for key in keys)
   want = simmim_jax.segment_attention(q, k, v, _SEGMENT_LEN)
   print(f'length {length}, {_HEADS} heads of {_HEAD_DIM}, segment_len '
-        f'{_SEGMENT_LEN}, float32, batch 1, median of {_REPEATS.value}')
-  ceiling = benchmarks.measure_ceiling(4096, jnp.float32,
-                                       _REPEATS.value)['gflops_per_s']
-  print(f'matmul ceiling: {ceiling:.1f} GFLOP/s (4096^3, float32)')
-  print('| variant | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s | % ceiling | '
-        'peak MiB |\n|---|---:|---:|---:|---:|---:|')
-  useful_flops = None  # the previous implementation's count, for every row
-  for name, fn in VARIANTS.items():
+        f'{_SEGMENT_LEN}, float32, batch 1, median of {_REPEATS.value} '
+        'interleaved rounds')
+  size = 4096
+  a, b = (jax.random.normal(key, (size, size)) for key in keys[:2])
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  calls = {'matmul': lambda: matmul(a, b)}
+  names = [name for i, name in enumerate(VARIANTS)
+           if i == 0 or name.startswith(_ONLY.value)]
+  peaks, useful_flops = {}, None  # the first implementation's FLOP count
+  for name in names:
+    fn, patches = VARIANTS[name]
     forward = jax.jit(lambda q, k, v, fn=fn: fn(q, k, v, _SEGMENT_LEN))
-    np.testing.assert_allclose(forward(q, k, v), want, rtol=2e-4, atol=2e-5)
     both = jax.jit(jax.grad(
         lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v, _SEGMENT_LEN) * cotangent),
         argnums=(0, 1, 2)))
-    cost = compiled_cost(both, q, k, v)
-    useful_flops = useful_flops or cost['flops']
-    fwd = median_seconds(lambda: forward(q, k, v), _REPEATS.value)
-    bwd = median_seconds(lambda: both(q, k, v), _REPEATS.value)
-    rate = useful_flops / bwd / 1e9
-    print(f"| {name} | {fwd * 1e3:.1f} | {bwd * 1e3:.1f} | {rate:.1f} | "
-          f"{rate / ceiling:.0%} | "
-          f"{cost['peak_bytes'] / 2**20:.0f} |")
+    with _patched(attention, patches):
+      forward = forward.lower(q, k, v).compile()
+      both = both.lower(q, k, v).compile()
+    np.testing.assert_allclose(forward(q, k, v), want, rtol=2e-4, atol=2e-5)
+    cost = program_cost(both)
+    useful_flops = useful_flops or cost['xla_flops']  # no loops
+    peaks[name] = cost['peak_bytes']
+    calls[name + ' fwd'] = lambda forward=forward: forward(q, k, v)
+    calls[name + ' both'] = lambda both=both: both(q, k, v)
+  if jax.device_count() > 1:
+    name = (f'segment_attention, heads split over {jax.device_count()} '
+            f'{jax.devices()[0].platform.upper()} devices')
+    calls.update(_split_heads_calls(name, q, k, v, cotangent, want))
+    names.append(name)
   torch, unavailable = benchmarks.import_torch()
+  if torch is not None:
+    torch.set_num_threads(benchmarks.available_cpus())
+    peer = benchmark_cases.torch_calls(torch, benchmark_cases.Sizes(),
+                                       'torch_sdpa_segments', length, 'cpu')
+    torch_name = f'PyTorch {torch.__version__} SDPA on segments'
+    calls[torch_name + ' fwd'] = peer[benchmark_cases.FORWARD]
+    calls[torch_name + ' both'] = peer[benchmark_cases.BACKWARD]
+  seconds, faults = _interleaved(calls, _REPEATS.value)
+  ceiling = 2.0 * size**3 / seconds['matmul'] / 1e9
+  print(f'matmul ceiling: {ceiling:.1f} GFLOP/s ({size}^3, float32)')
+  print('| variant | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s | % ceiling | '
+        'peak MiB | page faults |\n|---|---:|---:|---:|---:|---:|---:|')
+  names += [torch_name] if torch is not None else []
+  for name in names:
+    fwd, bwd = seconds[name + ' fwd'], seconds[name + ' both']
+    rate = useful_flops / bwd / 1e9
+    peak = f'{peaks[name] / 2**20:.0f}' if name in peaks else ''
+    print(f'| {name} | {fwd * 1e3:.1f} | {bwd * 1e3:.1f} | {rate:.1f} | '
+          f'{rate / ceiling:.0%} | {peak} | {faults[name + " both"]:.0f} |')
   if torch is None:
     print(f'PyTorch peer skipped: {unavailable}')
-    return
-  torch.set_num_threads(benchmarks.available_cpus())
-  calls = benchmark_cases.torch_calls(torch, benchmark_cases.Sizes(),
-                                      'torch_sdpa_segments', length, 'cpu')
-  fwd, bwd = (median_seconds(calls[mode], _REPEATS.value) for mode in
-              (benchmark_cases.FORWARD, benchmark_cases.BACKWARD))
-  print(f'| PyTorch {torch.__version__} SDPA on segments | {fwd * 1e3:.1f} | '
-        f'{bwd * 1e3:.1f} | | | |')
 
 
 if __name__ == '__main__':

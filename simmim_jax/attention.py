@@ -109,71 +109,143 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   checks.mask(mask, (batch, length))
 
   key_mask = segment_key_mask(mask, batch, length, segment_len)
-  return _segment_attention(q, k, v, key_mask, segment_len, causal)
+  num_segments = -(-length // segment_len)
+  step = _segments_per_step(num_segments, q.shape[2], segment_len)
+  q, k, v = (_pad_length(x, num_segments * segment_len) for x in (q, k, v))
+  out = _segment_attention(q, k, v, key_mask, segment_len, step, causal)
+  return out[:, :length]
 
 
-# Segment attention works in a heads-major layout [batch, heads, m, l, d], so
-# both matmuls have their batch dimensions leading, and has a hand-written
-# backward: it reuses the forward's weights and needs rowsum(dout * out), a
-# [l, d] pass, where autodiff's softmax backward makes [l, l] ones. At length
-# 8192 on a 2-core CPU this took forward+backward from 90 to 53 ms
-# (experiments/segment_attention_levers.py; BENCHMARKS.md).
+# Segment attention runs as a loop (`lax.map`) over steps of a few segments in
+# the input's own [batch, length, heads, d] layout: each step is a contiguous
+# slice whose scores stay in cache, nothing is transposed at full length, and
+# the few large arrays (output, saved weights) are written once. The backward
+# is hand-written: it reuses the forward's weights and needs rowsum(dout * out),
+# an [l, d] pass, where autodiff's softmax backward makes [l, l] ones. Measured
+# side by side in experiments/segment_attention_levers.py (BENCHMARKS.md).
+# XLA's cost analysis counts a loop body once; `cost.jaxpr_flops` counts all.
 
-def _to_heads(x, segment_len):
-  """[batch, length, heads, d] -> [batch, heads, m, segment_len, d]."""
-  return jnp.moveaxis(split_segments(x, segment_len), 3, 1)
-
-
-def _from_heads(x, length):
-  """[batch, heads, m, segment_len, d] -> [batch, length, heads, d]."""
-  return merge_segments(jnp.moveaxis(x, 1, 3), length)
+# Score entries per loop step: 2 MiB of float32, so a step's scores, weights
+# and their gradients fit in a core's L2 and the shared L3 of a CPU.
+_STEP_SCORES = 2**19
 
 
-def _heads_weights(q, k, key_mask, causal):
-  """q, k: heads-major. Returns float32 (or wider) [batch, heads, m, l, l]."""
-  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-  scores = jnp.einsum('bhmqd,bhmkd->bhmqk', q * scale, k,
-                      preferred_element_type=score_dtype(q.dtype))
+def _segments_per_step(num_segments, heads, segment_len):
+  """The largest divisor of num_segments within the step's score budget."""
+  most = max(1, _STEP_SCORES // (heads * segment_len * segment_len))
+  return max(d for d in range(1, min(most, num_segments) + 1)
+             if num_segments % d == 0)
+
+
+def _pad_length(x, length):
+  if x.shape[1] == length:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[1] = (0, length - x.shape[1])
+  return jnp.pad(x, widths)
+
+
+def _steps(x, step, segment_len):
+  """[batch, length, ...] -> [batch * length / (step * l), step, l, ...]."""
+  return x.reshape(-1, step, segment_len, *x.shape[2:])
+
+
+def _blocks(x):
+  """One step [segments, l, heads, d] -> [heads * segments, l, d]."""
+  segments, segment_len, heads, dim = x.shape
+  return jnp.moveaxis(x, 2, 0).reshape(heads * segments, segment_len, dim)
+
+
+def _unblock(x, heads):
+  """[heads * segments, l, d] -> [segments, l, heads, d]."""
+  blocks, segment_len, dim = x.shape
+  return jnp.moveaxis(x.reshape(heads, blocks // heads, segment_len, dim), 0, 2)
+
+
+def _allowed(key_mask, heads, causal, segment_len):
+  """A step's key mask [segments, l] (or None) -> bool mask broadcastable to
+  [heads * segments, l, l], or None when everything is allowed."""
   allowed = None
   if key_mask is not None:
-    allowed = key_mask[:, None, :, None, :]  # [batch, 1, m, 1, keys]
+    segments = key_mask.shape[0]
+    allowed = jnp.broadcast_to(key_mask[None, :, None, :],
+                               (heads, segments, 1, segment_len))
+    allowed = allowed.reshape(heads * segments, 1, segment_len)
   if causal:
-    positions = jnp.arange(q.shape[3])
+    positions = jnp.arange(segment_len)
     lower = positions[:, None] >= positions[None, :]  # [queries, keys]
     allowed = lower if allowed is None else allowed & lower
-  return masked_softmax(scores, allowed)
+  return allowed
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _segment_attention(q, k, v, key_mask, segment_len, causal):
-  return _segment_attention_forward(q, k, v, key_mask, segment_len, causal)[0]
-
-
-def _segment_attention_forward(q, k, v, key_mask, segment_len, causal):
-  heads = [_to_heads(x, segment_len) for x in (q, k, v)]
-  weights = _heads_weights(heads[0], heads[1], key_mask, causal)
-  out = jnp.einsum('bhmqk,bhmkd->bhmqd', weights.astype(v.dtype), heads[2],
+def _step_forward(q, k, v, key_mask, causal):
+  """One step: q, k, v [segments, l, heads, d] -> (out [segments, l, heads,
+  d] float32 or wider, weights [heads * segments, l, l])."""
+  heads = q.shape[2]
+  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+  scores = jnp.einsum('bqd,bkd->bqk', _blocks(q * scale), _blocks(k),
+                      preferred_element_type=score_dtype(q.dtype))
+  weights = masked_softmax(scores, _allowed(key_mask, heads, causal,
+                                            q.shape[1]))
+  out = jnp.einsum('bqk,bkd->bqd', weights.astype(v.dtype), _blocks(v),
                    preferred_element_type=score_dtype(q.dtype))
-  return (_from_heads(out, q.shape[1]).astype(q.dtype),
-          (*heads, out, weights, key_mask))
+  return _unblock(out, heads), weights
 
 
-def _segment_attention_backward(segment_len, causal, residuals, d_out):
-  del causal  # the weights already hold it
-  q, k, v, out, weights, key_mask = residuals
+def _map_steps(fn, arrays, key_mask, step, segment_len):
+  """lax.map of fn(*step_arrays, step_key_mask) over the steps."""
+  arrays = tuple(_steps(x, step, segment_len) for x in arrays)
+  if key_mask is None:
+    return jax.lax.map(lambda xs: fn(*xs, None), arrays)
+  return jax.lax.map(lambda xs: fn(*xs),
+                     (*arrays, key_mask.reshape(-1, step, segment_len)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _segment_attention(q, k, v, key_mask, segment_len, step, causal):
+  out = _map_steps(lambda *xs: _step_forward(*xs, causal)[0], (q, k, v),
+                   key_mask, step, segment_len)
+  return out.reshape(q.shape).astype(q.dtype)
+
+
+def _segment_attention_forward(q, k, v, key_mask, segment_len, step, causal):
+  out, weights = _map_steps(lambda *xs: _step_forward(*xs, causal),
+                            (q, k, v), key_mask, step, segment_len)
+  out = out.reshape(q.shape)
+  return out.astype(q.dtype), (q, k, v, out, weights)
+
+
+def _transposed(x):
+  """[blocks, a, b] -> [blocks, b, a], materialised. A transpose of a step is
+  cheap in cache, and the barrier stops XLA from folding it into the next
+  dot, so that dot keeps the plain [m, k] @ [k, n] form, which XLA's CPU
+  backend runs faster than one contracting its left operand's first axis."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, 1, 2))
+
+
+def _step_backward(q, k, v, out, d_out, weights):
+  """One step's gradients, [segments, l, heads, d] each (float32 or wider)."""
+  heads = q.shape[2]
   wide = weights.dtype
   scale = 1.0 / math.sqrt(q.shape[-1])
-  length = d_out.shape[1]
-  d_out = _to_heads(d_out, segment_len).astype(wide)
-  d_v = jnp.einsum('bhmqk,bhmqd->bhmkd', weights, d_out)
-  d_weights = jnp.einsum('bhmqd,bhmkd->bhmqk', d_out, v.astype(wide))
+  q, k, v, out, d_out = (_blocks(x).astype(wide) for x in (q, k, v, out, d_out))
+  d_v = jnp.einsum('bkq,bqd->bkd', _transposed(weights), d_out)
+  d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
   # Softmax backward: p * (dp - sum_k p dp), and sum_k p dp = dout . out.
   row = jnp.sum(d_out * out, axis=-1, keepdims=True)
   d_scores = weights * (d_weights - row) * scale
-  d_q = jnp.einsum('bhmqk,bhmkd->bhmqd', d_scores, k.astype(wide))
-  d_k = jnp.einsum('bhmqk,bhmqd->bhmkd', d_scores, q.astype(wide))
-  grads = tuple(_from_heads(g, length).astype(x.dtype)
-                for g, x in ((d_q, q), (d_k, k), (d_v, v)))
+  d_q = jnp.einsum('bqk,bkd->bqd', d_scores, k)
+  d_k = jnp.einsum('bkq,bqd->bkd', _transposed(d_scores), q)
+  return tuple(_unblock(g, heads) for g in (d_q, d_k, d_v))
+
+
+def _segment_attention_backward(segment_len, step, causal, residuals, d_out):
+  del causal  # the weights already hold it
+  q, k, v, out, weights = residuals
+  arrays = tuple(_steps(x, step, segment_len) for x in (q, k, v, out, d_out))
+  grads = jax.lax.map(lambda xs: _step_backward(*xs), (*arrays, weights))
+  grads = tuple(g.reshape(x.shape).astype(x.dtype)
+                for g, x in zip(grads, (q, k, v)))
   return (*grads, None)  # the mask gets no gradient
 
 
@@ -203,9 +275,12 @@ def segment_attention_weights(q: jax.Array, k: jax.Array, segment_len: int,
 def _segment_weights(q, k, segment_len, mask, causal):
   batch, length = q.shape[:2]
   key_mask = segment_key_mask(mask, batch, length, segment_len)
-  weights = _heads_weights(_to_heads(q, segment_len), _to_heads(k, segment_len),
-                           key_mask, causal)
-  return jnp.moveaxis(weights, 1, 2)  # [batch, m, heads, queries, keys]
+  num_segments = -(-length // segment_len)
+  q, k = (_pad_length(x, num_segments * segment_len) for x in (q, k))
+  # One segment per step: the weights come out as [batch * m, heads, l, l].
+  _, weights = _map_steps(lambda *xs: _step_forward(*xs, causal), (q, k, k),
+                          key_mask, 1, segment_len)
+  return weights.reshape(batch, num_segments, *weights.shape[1:])
 
 
 def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,

@@ -91,7 +91,7 @@ def measure_ceiling(size: int, dtype, repeats: int) -> dict[str, Any]:
   seconds = median_seconds(lambda: matmul(a, b), repeats)
   flops = 2.0 * size ** 3
   return {'size': size, 'dtype': jnp.dtype(dtype).name, 'flops': flops,
-          'xla_flops': compiled_cost(jnp.matmul, a, b)['flops'],
+          'xla_flops': compiled_cost(jnp.matmul, a, b)['xla_flops'],
           'seconds': seconds, 'gflops_per_s': flops / seconds / 1e9}
 
 

@@ -16,13 +16,24 @@ def _qkv(rng, batch, length, heads, head_dim, dtype=np.float32):
           for _ in range(3)]
 
 
+@pytest.fixture(params=[None, 4])
+def segments_per_step(request, monkeypatch):
+  """segment_attention loops over steps of a few segments, sized by a score
+  budget that small test inputs fit in one step; the budget is also cut to
+  four segments of 3 heads x 8 x 8 scores (so 96 tokens take 3 steps of 4
+  segments, and 37 tokens, 5 segments, take 5 steps of 1)."""
+  if request.param is not None:
+    monkeypatch.setattr(attention, '_STEP_SCORES', request.param * 3 * 8 * 8)
+  return request.param
+
+
 def _suffix_mask(rng, batch, length):
   lengths = rng.integers(1, length + 1, size=batch)
   return jnp.asarray(np.arange(length)[None] < lengths[:, None])
 
 
 @pytest.mark.parametrize('length,segment_len', [
-    (32, 8), (37, 8), (5, 8), (16, 1), (23, 23), (50, 7)])
+    (32, 8), (37, 8), (5, 8), (16, 1), (23, 23), (50, 7), (96, 8)])
 @pytest.mark.parametrize('use_mask', [False, True])
 @pytest.mark.parametrize('causal', [False, True])
 def test_segment_attention_matches_reference(rng, length, segment_len,
@@ -52,23 +63,28 @@ def _autodiff_segment_attention(q, k, v, segment_len, mask, causal):
   return attention.merge_segments(out, length)
 
 
-@pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (5, 8)])
+@pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (5, 8),
+                                               (96, 8)])
 @pytest.mark.parametrize('use_mask', [False, True])
 @pytest.mark.parametrize('causal', [False, True])
 def test_segment_attention_gradients_match_autodiff(rng, length, segment_len,
-                                                    use_mask, causal):
+                                                    use_mask, causal,
+                                                    segments_per_step):
   with jax.enable_x64(True):
     q, k, v, cotangent = _qkv(rng, 2, length, 3, 4, np.float64) + [
         jnp.asarray(rng.normal(size=(2, length, 3, 4)))]
     mask = jnp.asarray(rng.random((2, length)) < 0.7) if use_mask else None
     mask = None if mask is None else mask.at[0].set(False)  # a keyless row
-    grads = [jax.grad(lambda q, k, v: jnp.sum(
+    results = [jax.value_and_grad(lambda q, k, v: jnp.sum(
         fn(q, k, v, segment_len, mask=mask, causal=causal) * cotangent),
-                      argnums=(0, 1, 2))(q, k, v)
-             for fn in (simmim_jax.segment_attention,
-                        lambda q, k, v, l, mask, causal:
-                        _autodiff_segment_attention(q, k, v, l, mask, causal))]
-    for got, want in zip(*grads):
+                                  argnums=(0, 1, 2))(q, k, v)
+               for fn in (simmim_jax.segment_attention,
+                          lambda q, k, v, l, mask, causal:
+                          _autodiff_segment_attention(q, k, v, l, mask,
+                                                      causal))]
+    (value, grads), (want_value, want_grads) = results
+    np.testing.assert_allclose(value, want_value, rtol=1e-12)
+    for got, want in zip(grads, want_grads):
       assert got.dtype == jnp.float64
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -82,6 +98,15 @@ def test_segment_attention_bfloat16(rng, causal):
   want = reference.segment_attention(np.float32(q), np.float32(k),
                                      np.float32(v), 16, mask, causal)
   np.testing.assert_allclose(np.float32(got), want, rtol=3e-2, atol=3e-2)
+
+
+def test_segments_per_step_divides_the_segments(monkeypatch):
+  monkeypatch.setattr(attention, '_STEP_SCORES', 4 * 8 * 128 * 128)
+  assert attention._segments_per_step(64, 8, 128) == 4
+  assert attention._segments_per_step(6, 8, 128) == 3
+  assert attention._segments_per_step(7, 8, 128) == 1
+  assert attention._segments_per_step(2, 8, 128) == 2
+  assert attention._segments_per_step(64, 64, 128) == 1  # over budget: 1
 
 
 def test_query_without_keys_outputs_zero(rng):

@@ -63,10 +63,19 @@ def test_trainable_mask():
   assert optim.trainable_fraction(lm_params, 'templates_and_head') == 6 / 9
 
 
-def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir):
-  source_dir, target_dir = str(tmp_path / 'source'), str(tmp_path / 'target')
-  source_state, _ = train.train_and_evaluate(
+@pytest.fixture(scope='module')
+def source_run(tmp_path_factory, data_dir):
+  """A finished softmax run to distil from: (its workdir, its final state)."""
+  source_dir = str(tmp_path_factory.mktemp('source'))
+  state, _ = train.train_and_evaluate(
       train_worker.small_config(data_dir, num_steps=4), source_dir)
+  return source_dir, state
+
+
+def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir,
+                                                       source_run):
+  source_dir, source_state = source_run
+  target_dir = str(tmp_path / 'target')
   config = train_worker.small_config(
       data_dir, num_steps=3, init_from=source_dir, trainable='templates_and_head',
       distill_queries=500, **{'model.attention_kind': 'templates',
@@ -82,10 +91,9 @@ def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir):
   assert 'encoder/blocks/attention/templates/library' in changed
 
 
-def test_initial_library_is_kmeans_of_the_source_queries(tmp_path, data_dir):
-  source_dir = str(tmp_path / 'source')
-  train.train_and_evaluate(train_worker.small_config(data_dir, num_steps=2),
-                           source_dir)
+def test_initial_library_is_kmeans_of_the_source_queries(tmp_path, data_dir,
+                                                         source_run):
+  source_dir, _ = source_run
   runs = {}
   for init in ('kmeans', 'random'):
     config = train_worker.small_config(
