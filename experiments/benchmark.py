@@ -35,6 +35,9 @@ _MAX_SECONDS = flags.DEFINE_float(
     'max_seconds_per_call', None, 'do not run cases predicted to take longer '
     'per call: FLOPs at the measured matmul ceiling, or the time at the last '
     'shorter length scaled by FLOPs')
+_GROUPS = flags.DEFINE_list(
+    'groups', None, "which cases: any of 'op', 'layer', 'train_step' "
+    '(default: all)')
 flags.mark_flag_as_required('out_dir')
 
 
@@ -42,6 +45,8 @@ def config_from_flags() -> benchmarks.BenchmarkConfig:
   """The --quick or full preset with the other flags applied."""
   config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
   changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value)}
+  if _GROUPS.value:
+    changes['groups'] = tuple(_GROUPS.value)
   if _LENGTHS.value:
     lengths = tuple(int(n) for n in _LENGTHS.value)
     changes.update(lengths=lengths, train_step_lengths=lengths)

@@ -31,6 +31,7 @@ from simmim_jax.config import ModelConfig
 FORWARD = 'forward'
 BACKWARD = 'forward+backward'
 TRAIN_STEP = 'train_step'
+GROUPS = ('op', 'layer', 'train_step')  # the kinds of case, in report order
 # The PyTorch peers and the JAX op computing the same attention (whose XLA
 # FLOP count they are credited with).
 TORCH_TWINS = {'torch_sdpa_segments': 'segment_attention',

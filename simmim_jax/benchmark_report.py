@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from simmim_jax import benchmark_cases as cases
 
-GROUPS = ('op', 'layer', 'train_step')
+GROUPS = cases.GROUPS
 # Linear in length by design: the target is a log-log slope <= 1.1.
 SIMMIM_CASES = ('segment_attention', 'segment_state_attention',
                 'segment_template_attention', 'SMIBlock/simmim',
@@ -182,17 +182,20 @@ def to_markdown(report: dict[str, Any]) -> str:
   sizes = report['config']['sizes']
   by_group = {g: [r for r in report['rows'] if r['group'] == g]
               for g in GROUPS}
-  sections = [
-      '# Benchmark', _machine(report),
-      '## Ceiling', _ceiling(report['ceiling']),
-      '## Ops', _op_notes(sizes), _case_table(by_group['op']),
-      '## Layers (SMIBlock)', _case_table(by_group['layer']),
-      f"## Train step (Classifier, {sizes['num_layers']} layers, AdamW)",
-      _case_table(by_group['train_step']),
-      '## Train-step compile time vs depth',
-      _compile_table(report['compile_vs_depth']),
-      '## Log-log slopes vs length (target for SimMIM cases: '
-      f'<= {SLOPE_TARGET})', _slope_table(report['slopes'])]
+  sections = ['# Benchmark', _machine(report),
+              '## Ceiling', _ceiling(report['ceiling'])]
+  if by_group['op']:  # a run may leave groups out (BenchmarkConfig.groups)
+    sections += ['## Ops', _op_notes(sizes), _case_table(by_group['op'])]
+  if by_group['layer']:
+    sections += ['## Layers (SMIBlock)', _case_table(by_group['layer'])]
+  if by_group['train_step']:
+    sections += [
+        f"## Train step (Classifier, {sizes['num_layers']} layers, AdamW)",
+        _case_table(by_group['train_step']),
+        '## Train-step compile time vs depth',
+        _compile_table(report['compile_vs_depth'])]
+  sections += ['## Log-log slopes vs length (target for SimMIM cases: '
+               f'<= {SLOPE_TARGET})', _slope_table(report['slopes'])]
   return '\n\n'.join(sections) + '\n'
 
 
@@ -205,8 +208,10 @@ def save_plots(rows: Sequence[Row], out_dir: str) -> None:
   for filename, key, label in (
       ('time_vs_length.png', 'seconds', 'median seconds per call'),
       ('memory_vs_length.png', 'peak_bytes', 'compiled peak bytes')):
-    figure = Figure(figsize=(18, 8), layout='constrained')
-    for axis, group in zip(figure.subplots(1, len(GROUPS)), GROUPS):
+    groups = [g for g in GROUPS if any(r['group'] == g for r in rows)]
+    figure = Figure(figsize=(6 * len(groups), 8), layout='constrained')
+    axes = figure.subplots(1, len(groups), squeeze=False)[0]
+    for axis, group in zip(axes, groups):
       series: dict[tuple[str, str], list[Row]] = {}
       for r in _ordered([r for r in rows if r['group'] == group]):
         if r[key] is not None:

@@ -44,6 +44,7 @@ class BenchmarkConfig:
   """What one run measures, and how hard it may push the machine."""
   sizes: cases.Sizes = cases.Sizes()
   lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)
+  groups: tuple[str, ...] = cases.GROUPS  # which of 'op', 'layer', 'train_step'
   train_step_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
   train_step_families: tuple[str, ...] = FAMILIES
   repeats: int = 5                 # timed calls per case, after a warm-up
@@ -195,6 +196,8 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
     torch.set_num_threads(available_cpus())
   twins = {(r['name'], r['mode'], r['length']): r for r in jax_rows}
   rows = []
+  if 'op' not in config.groups:
+    return rows
   for name, twin in cases.TORCH_TWINS.items():
     for mode in (cases.FORWARD, cases.BACKWARD):
       previous = None
@@ -225,6 +228,8 @@ def compile_vs_depth(config: BenchmarkConfig,
               if r['group'] == 'train_step'}
   length = config.lengths[0]
   out = []
+  if 'train_step' not in config.groups:
+    return out
   for family in config.compile_families:
     for depth in config.compile_depths:
       case = cases.train_step_case(config.sizes, family, length, depth)
@@ -277,14 +282,18 @@ def run(config: BenchmarkConfig, out_dir: str,
         command: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs the suite; writes benchmark.json, benchmark.md and the two plots
   into `out_dir`, and returns the report that benchmark.json holds."""
+  unknown = set(config.groups) - set(cases.GROUPS)
+  if unknown:
+    raise ValueError(f'unknown benchmark groups {sorted(unknown)}: choose '
+                     f'from {cases.GROUPS}')
   os.makedirs(out_dir, exist_ok=True)
   torch, unavailable = import_torch()
   ceiling = measure_ceiling(config.ceiling_size, config.sizes.compute_dtype,
                             config.repeats)
   ceiling_flops = ceiling['gflops_per_s'] * 1e9
-  all_cases = cases.jax_cases(config.sizes, config.lengths,
-                              config.train_step_lengths or config.lengths,
-                              config.train_step_families)
+  all_cases = [case for case in cases.jax_cases(
+      config.sizes, config.lengths, config.train_step_lengths or config.lengths,
+      config.train_step_families) if case.group in config.groups]
   rows = measure_cases(all_cases, config, ceiling_flops)
   rows += torch_rows(torch, unavailable, config, rows, ceiling_flops)
   report = {

@@ -129,3 +129,10 @@ def test_cases_over_budget_are_costed_but_not_run():
   slow = dataclasses.replace(benchmarks.QUICK, max_seconds_per_call=1e-12)
   rows = benchmarks.measure_case(case, slow, 1e9, dict.fromkeys(case.modes))
   assert all('predicted' in r['skipped'] for r in rows), rows
+
+
+def test_unknown_group_is_refused_before_any_work(tmp_path):
+  config = dataclasses.replace(benchmarks.QUICK, groups=('op', 'layers'))
+  with pytest.raises(ValueError, match=r"unknown benchmark groups \['layers'\]"):
+    benchmarks.run(config, str(tmp_path / 'out'))
+  assert not os.path.exists(tmp_path / 'out')
