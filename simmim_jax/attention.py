@@ -116,10 +116,10 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return out[:, :length]
 
 
-# Segment attention runs as a loop (`lax.map`) over steps of a few segments in
-# the input's own [batch, length, heads, d] layout: each step is a contiguous
-# slice whose scores stay in cache, nothing is transposed at full length, and
-# the few large arrays (output, saved weights) are written once. The backward
+# On CPU, segment attention runs as a loop (`lax.map`) over steps of a few
+# segments in the input's own [batch, length, heads, d] layout: each step is a
+# contiguous slice whose scores stay in cache, nothing is transposed at full
+# length, and the few large arrays (output, saved weights) are written once. The backward
 # is hand-written: it reuses the forward's weights and needs rowsum(dout * out),
 # an [l, d] pass, where autodiff's softmax backward makes [l, l] ones. Measured
 # side by side in experiments/segment_attention_levers.py (BENCHMARKS.md).
@@ -131,7 +131,14 @@ _STEP_SCORES = 2**19
 
 
 def _segments_per_step(num_segments, heads, segment_len):
-  """The largest divisor of num_segments within the step's score budget."""
+  """The largest divisor of num_segments within the step's score budget.
+
+  Only on CPU: on GPU and TPU one step holds every segment, since a loop
+  would run its small matmuls one after another on a device built to run
+  them side by side.
+  """
+  if jax.default_backend() != 'cpu':
+    return num_segments
   most = max(1, _STEP_SCORES // (heads * segment_len * segment_len))
   return max(d for d in range(1, min(most, num_segments) + 1)
              if num_segments % d == 0)

@@ -107,6 +107,8 @@ def test_segments_per_step_divides_the_segments(monkeypatch):
   assert attention._segments_per_step(7, 8, 128) == 1
   assert attention._segments_per_step(2, 8, 128) == 2
   assert attention._segments_per_step(64, 64, 128) == 1  # over budget: 1
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert attention._segments_per_step(64, 8, 128) == 64  # no loop off CPU
 
 
 def test_query_without_keys_outputs_zero(rng):
