@@ -75,8 +75,7 @@ def heads_major(q, k, v, segment_len):
   """Inputs transposed once to [b, h, m, l, d] so both matmuls have their
   batch dimensions leading."""
   length, dim = q.shape[1], q.shape[3]
-  to_heads = lambda x: jnp.moveaxis(
-      attention.split_segments(x, segment_len), 3, 1)  # [b, h, m, l, d]
+  to_heads = lambda x: _to_heads(x, segment_len)  # [b, h, m, l, d]
   scores = jnp.einsum('bhmqd,bhmkd->bhmqk', to_heads(q / math.sqrt(dim)),
                       to_heads(k))
   weights = jax.nn.softmax(scores, axis=-1)

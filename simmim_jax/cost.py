@@ -76,9 +76,10 @@ def compiled_cost(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
     compile_seconds: wall time of lowering and compiling.
   """
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  traced = jax.jit(fn).trace(*args)  # one trace serves both counts
+  compiled = traced.lower().compile()
   seconds = time.perf_counter() - start
-  return {**program_cost(compiled), 'flops': jaxpr_flops(fn, *args),
+  return {**program_cost(compiled), 'flops': float(_count(traced.jaxpr.jaxpr)),
           'compile_seconds': seconds}
 
 
