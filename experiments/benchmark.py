@@ -1,8 +1,10 @@
 r"""Runs the benchmark suite (simmim_jax/benchmarks.py) and prints its tables.
 
   MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+  MALLOC_ARENA_MAX=1 \
   python -m experiments.benchmark --out_dir=runs/benchmark \
-      [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16]
+      [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
+      [--remat] [--groups=op,layer,train_step]
 
 Writes benchmark.json, benchmark.md, time_vs_length.png and
 memory_vs_length.png into --out_dir and prints the markdown. --quick: tiny
@@ -28,6 +30,9 @@ _REPEATS = flags.DEFINE_integer('repeats', None,
                                 'timed calls per case after a warm-up')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'inputs and compute dtype (softmax stays float32)')
+_REMAT = flags.DEFINE_bool(
+    'remat', False, 'rematerialise each block of the layer and train-step '
+    'models in the backward (jax.checkpoint)')
 _MEMORY_BUDGET = flags.DEFINE_float(
     'memory_budget_gib', None, 'do not run cases whose compiled peak memory '
     'exceeds this (GiB)')
@@ -44,7 +49,8 @@ flags.mark_flag_as_required('out_dir')
 def config_from_flags() -> benchmarks.BenchmarkConfig:
   """The --quick or full preset with the other flags applied."""
   config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
-  changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value)}
+  changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value,
+                                          remat=_REMAT.value)}
   if _GROUPS.value:
     changes['groups'] = tuple(_GROUPS.value)
   if _LENGTHS.value:

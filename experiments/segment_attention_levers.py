@@ -7,19 +7,28 @@ FLOP count over each variant's time) against a matmul measured in the same
 run, compiled peak memory, minor page faults per forward+backward call, and
 the PyTorch SDPA peer on the same segments when torch imports. Variants are
 timed in interleaved rounds (one call of each per round), so a slow spell of
-the machine hits all of them alike.
+the machine hits all of them alike. A second table gives the rate of the
+batched [l, 64] @ [64, l] product at several segment lengths l; --profile
+adds where `segment_attention`'s forward+backward spends its time.
 
   MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+  MALLOC_ARENA_MAX=1 \
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
 
 With more than one device, a last variant splits the heads over all of them.
 """
 
+import collections
 import contextlib
 import functools
+import glob
+import gzip
+import json
 import math
+import os
 import resource
+import tempfile
 import time
 
 from absl import app
@@ -39,6 +48,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
 _ONLY = flags.DEFINE_string(
     'only', '', 'time only the variants whose name starts with this (the '
     'first implementation always runs: its FLOP count is the yardstick)')
+_PROFILE = flags.DEFINE_bool(
+    'profile', False, 'also print where segment_attention forward+backward '
+    'spends its time: XLA operations from a jax.profiler trace')
 _HEADS, _HEAD_DIM, _SEGMENT_LEN = 8, 64, 128
 
 
@@ -121,6 +133,52 @@ def _heads_major_backward(segment_len, residuals, d_out):
 heads_major_custom_vjp.defvjp(_heads_major_forward, _heads_major_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def saved_output_vjp(q, k, v, segment_len):
+  """The third implementation: today's loop over steps, but its VJP saved the
+  output for the softmax backward's row sums, rowsum(dout * out), and let
+  XLA read each step's weights twice (once through a strided transpose)."""
+  return simmim_jax.segment_attention(q, k, v, segment_len)
+
+
+def _saved_output_step_size(q, segment_len):
+  return attention._segments_per_step(q.shape[1] // segment_len, q.shape[2],
+                                      segment_len)
+
+
+def _saved_output_forward(q, k, v, segment_len):
+  out, weights = attention._map_steps(
+      lambda *xs: attention._step_forward(*xs, False), (q, k, v), None,
+      _saved_output_step_size(q, segment_len), segment_len)
+  out = out.reshape(q.shape)
+  return out, (q, k, v, out, weights)
+
+
+def _saved_output_step(q, k, v, out, d_out, weights):
+  blocks, unblock = attention._blocks, attention._unblock
+  heads = q.shape[2]
+  q, k, v, out, d_out = (blocks(x) for x in (q, k, v, out, d_out))
+  d_v = jnp.einsum('bkq,bqd->bkd', attention._transposed(weights), d_out)
+  d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
+  row = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  d_scores = weights * (d_weights - row) / math.sqrt(q.shape[-1])
+  d_q = jnp.einsum('bqk,bkd->bqd', d_scores, k)
+  d_k = jnp.einsum('bkq,bqd->bkd', attention._transposed(d_scores), q)
+  return tuple(unblock(g, heads) for g in (d_q, d_k, d_v))
+
+
+def _saved_output_backward(segment_len, residuals, d_out):
+  q, k, v, out, weights = residuals
+  step = _saved_output_step_size(q, segment_len)
+  steps = lambda x: attention._steps(x, step, segment_len)
+  grads = jax.lax.map(lambda xs: _saved_output_step(*xs),
+                      (*(steps(x) for x in (q, k, v, out, d_out)), weights))
+  return tuple(g.reshape(q.shape) for g in grads)
+
+
+saved_output_vjp.defvjp(_saved_output_forward, _saved_output_backward)
+
+
 def xla_sdpa(q, k, v, segment_len):
   """`jax.nn.dot_product_attention` on [b * m, l, h, d] segments."""
   batch, length, heads, dim = q.shape
@@ -144,9 +202,11 @@ def chunked(q, k, v, segment_len, segments_per_chunk=8):
 
 
 def _chunks(x, segment_len, group):
-  """[b, n, h, d] -> [chunks, b, group, segment_len, h, d]."""
+  """[b, n, h, d] -> [chunks, b, group, segment_len, h, d]; a group larger
+  than the segment count shrinks to a divisor of it."""
   segments = attention.split_segments(x, segment_len)
   batch, num_segments = segments.shape[:2]
+  group = math.gcd(group, num_segments)
   return jnp.moveaxis(segments.reshape(
       batch, num_segments // group, group, *segments.shape[2:]), 1, 0)
 
@@ -208,6 +268,14 @@ def segment_attention(q, k, v, segment_len):
   return simmim_jax.segment_attention(q, k, v, segment_len)
 
 
+def bfloat16_inputs(q, k, v, segment_len):
+  """`segment_attention` on bfloat16 q, k, v: bfloat16 products with float32
+  scores, softmax and backward (the function's mixed-precision contract)."""
+  cast = lambda x: x.astype(jnp.bfloat16)
+  return simmim_jax.segment_attention(cast(q), cast(k), cast(v),
+                                      segment_len).astype(q.dtype)
+
+
 def _step_scores(segments):
   """A score budget of `segments` segments per loop step at these sizes."""
   return segments * _HEADS * _SEGMENT_LEN * _SEGMENT_LEN
@@ -217,12 +285,14 @@ def _step_scores(segments):
 VARIANTS = {
     'reshape + einsum, autodiff (first)': (plain_einsum, {}),
     'heads-major, custom VJP (second)': (heads_major_custom_vjp, {}),
+    'steps, VJP saving the output (third)': (saved_output_vjp, {}),
     'segment_attention (steps of 4 segments, custom VJP)': (
         segment_attention, {}),
     '... steps of 1 segment': (
         segment_attention, {'_STEP_SCORES': _step_scores(1)}),
     '... steps of 16 segments': (
         segment_attention, {'_STEP_SCORES': _step_scores(16)}),
+    '... on bfloat16 inputs': (bfloat16_inputs, {}),
     '... without the transpose barrier': (
         segment_attention, {'_transposed': lambda x: jnp.swapaxes(x, 1, 2)}),
     'deferred normalisation': (deferred_normalisation, {}),
@@ -233,6 +303,10 @@ VARIANTS = {
     'custom_vjp, recompute per 16-segment chunk': (
         functools.partial(recompute_chunked, group=16), {}),
 }
+
+
+# (rtol, atol) against float32 segment_attention; the default is float32's.
+_TOLERANCE = {'... on bfloat16 inputs': (2e-2, 2e-2)}
 
 
 @contextlib.contextmanager
@@ -314,7 +388,8 @@ def main(argv):
     with _patched(attention, patches):
       forward = forward.lower(q, k, v).compile()
       both = both.lower(q, k, v).compile()
-    np.testing.assert_allclose(forward(q, k, v), want, rtol=2e-4, atol=2e-5)
+    rtol, atol = _TOLERANCE.get(name, (2e-4, 2e-5))
+    np.testing.assert_allclose(forward(q, k, v), want, rtol=rtol, atol=atol)
     cost = program_cost(both)
     useful_flops = useful_flops or cost['xla_flops']  # no loops
     peaks[name] = cost['peak_bytes']
@@ -347,6 +422,58 @@ def main(argv):
           f'{rate / ceiling:.0%} | {peak} | {faults[name + " both"]:.0f} |')
   if torch is None:
     print(f'PyTorch peer skipped: {unavailable}')
+  _print_dot_rates(keys[0], ceiling)
+  if _PROFILE.value:
+    _print_profile(calls['segment_attention (steps of 4 segments, custom VJP) '
+                         'both'], _REPEATS.value)
+
+
+def _print_dot_rates(key, ceiling):
+  """The batched q.k^T product of segment attention at several segment
+  lengths, each with the same FLOPs (2^29): how fast XLA's CPU backend runs
+  a batch of [l, 64] @ [64, l] products as l grows."""
+  print('\n| batched dot [b, l, 64] x [b, l, 64] -> [b, l, l] | ms | GFLOP/s '
+        '| % ceiling |\n|---|---:|---:|---:|')
+  for segment_len in (128, 256, 512, 1024):
+    batch = 2**22 // segment_len**2
+    x = jax.random.normal(key, (batch, segment_len, _HEAD_DIM))
+    dot = jax.jit(lambda a, b: jnp.einsum('bqd,bkd->bqk', a, b))
+    seconds, _ = _interleaved({'dot': lambda: dot(x, x)}, _REPEATS.value)
+    rate = 2 * batch * segment_len**2 * _HEAD_DIM / seconds['dot'] / 1e9
+    print(f'| b={batch}, l={segment_len} | {seconds["dot"] * 1e3:.2f} | '
+          f'{rate:.0f} | {rate / ceiling:.0%} |')
+
+
+def _print_profile(call, calls):
+  """Milliseconds per call of each XLA operation (thunk) in `call`, from the
+  trace of `calls` calls; loops are charged to the operations they run."""
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(calls):
+      jax.block_until_ready(call())
+    jax.profiler.stop_trace()
+    path, = glob.glob(os.path.join(trace_dir, '**', '*perfetto_trace.json.gz'),
+                      recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  micros = collections.Counter()
+  for event in events:
+    name = event.get('name', '')
+    # Thunks are named after their HLO instruction; runtime and Python
+    # events carry '::', '$' or spaces, and a while loop's time is its body's.
+    if (event.get('ph') == 'X' and not any(c in name for c in ':$ (')
+        and not name.startswith('while')):
+      micros[name] += event['dur']
+  total = sum(micros.values())
+  print(f'\nsegment_attention forward+backward, XLA operations (ms per call, '
+        f'{total / calls / 1e3:.1f} in all):\n| operation | ms | share |\n'
+        '|---|---:|---:|')
+  for name, micro in micros.most_common(12):
+    print(f'| {name} | {micro / calls / 1e3:.2f} | {micro / total:.0%} |')
+  products = sum(m for n, m in micros.items() if n.startswith('ynn_fusion'))
+  print(f'| all ynn_fusion (products, fused softmax) | '
+        f'{products / calls / 1e3:.2f} | {products / total:.0%} |')
 
 
 if __name__ == '__main__':

@@ -119,10 +119,11 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 # On CPU, segment attention runs as a loop (`lax.map`) over steps of a few
 # segments in the input's own [batch, length, heads, d] layout: each step is a
 # contiguous slice whose scores stay in cache, nothing is transposed at full
-# length, and the few large arrays (output, saved weights) are written once. The backward
-# is hand-written: it reuses the forward's weights and needs rowsum(dout * out),
-# an [l, d] pass, where autodiff's softmax backward makes [l, l] ones. Measured
-# side by side in experiments/segment_attention_levers.py (BENCHMARKS.md).
+# length, and the few large arrays (output, saved weights) are written once.
+# The backward is hand-written: it saves q, k, v and the weights (not the
+# output), reads each step's weights from memory once, and keeps every dot in
+# the form XLA's CPU backend runs fastest. Measured side by side in
+# experiments/segment_attention_levers.py (BENCHMARKS.md).
 # XLA's cost analysis counts a loop body once; `cost.jaxpr_flops` counts all.
 
 # Score entries per loop step: 2 MiB of float32, so a step's scores, weights
@@ -219,7 +220,7 @@ def _segment_attention_forward(q, k, v, key_mask, segment_len, step, causal):
   out, weights = _map_steps(lambda *xs: _step_forward(*xs, causal),
                             (q, k, v), key_mask, step, segment_len)
   out = out.reshape(q.shape)
-  return out.astype(q.dtype), (q, k, v, out, weights)
+  return out.astype(q.dtype), (q, k, v, weights)
 
 
 def _transposed(x):
@@ -230,16 +231,21 @@ def _transposed(x):
   return jax.lax.optimization_barrier(jnp.swapaxes(x, 1, 2))
 
 
-def _step_backward(q, k, v, out, d_out, weights):
-  """One step's gradients, [segments, l, heads, d] each (float32 or wider)."""
+def _step_backward(q, k, v, d_out, weights):
+  """One step's gradients, [segments, l, heads, d] each (float32 or wider),
+  from its saved weights [heads * segments, queries, keys]."""
   heads = q.shape[2]
   wide = weights.dtype
   scale = 1.0 / math.sqrt(q.shape[-1])
-  q, k, v, out, d_out = (_blocks(x).astype(wide) for x in (q, k, v, out, d_out))
+  # One read of the step's weights from memory; without the barrier XLA
+  # reads them twice, once through a strided transpose.
+  weights = jax.lax.optimization_barrier(weights)
+  q, k, v, d_out = (_blocks(x).astype(wide) for x in (q, k, v, d_out))
   d_v = jnp.einsum('bkq,bqd->bkd', _transposed(weights), d_out)
   d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
-  # Softmax backward: p * (dp - sum_k p dp), and sum_k p dp = dout . out.
-  row = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  # Softmax backward: p * (dp - sum_k p dp). The row sum is taken here, in
+  # cache, so the forward's output need not be saved or read back.
+  row = jnp.sum(weights * d_weights, axis=-1, keepdims=True)
   d_scores = weights * (d_weights - row) * scale
   d_q = jnp.einsum('bqk,bkd->bqd', d_scores, k)
   d_k = jnp.einsum('bkq,bqd->bkd', _transposed(d_scores), q)
@@ -248,8 +254,8 @@ def _step_backward(q, k, v, out, d_out, weights):
 
 def _segment_attention_backward(segment_len, step, causal, residuals, d_out):
   del causal  # the weights already hold it
-  q, k, v, out, weights = residuals
-  arrays = tuple(_steps(x, step, segment_len) for x in (q, k, v, out, d_out))
+  q, k, v, weights = residuals
+  arrays = tuple(_steps(x, step, segment_len) for x in (q, k, v, d_out))
   grads = jax.lax.map(lambda xs: _step_backward(*xs), (*arrays, weights))
   grads = tuple(g.reshape(x.shape).astype(x.dtype)
                 for g, x in zip(grads, (q, k, v)))

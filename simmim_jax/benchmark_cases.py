@@ -49,6 +49,7 @@ class Sizes:
   num_layers: int = 2          # depth of the train-step models
   vocab_size: int = 256
   dtype: str = 'float32'       # inputs and compute; softmax stays float32
+  remat: bool = False          # rematerialise each block in the backward
 
   @property
   def d_model(self) -> int:
@@ -174,7 +175,7 @@ def model_config(sizes: Sizes, family: str, length: int,
       vocab_size=sizes.vocab_size, family=family, d_model=sizes.d_model,
       num_heads=sizes.num_heads, num_layers=num_layers,
       mlp_dim=sizes.mlp_dim, max_len=length, segment_len=sizes.segment_len,
-      dtype=sizes.dtype)
+      dtype=sizes.dtype, remat=sizes.remat)
 
 
 def _block_workload(config: ModelConfig, length: int) -> Workload:

@@ -36,7 +36,8 @@ from simmim_jax.config import FAMILIES
 from simmim_jax.cost import compiled_cost
 from simmim_jax.cost import median_seconds
 
-ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'XLA_FLAGS')
+ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
+            'MALLOC_ARENA_MAX', 'XLA_FLAGS')
 
 
 @dataclasses.dataclass(frozen=True)
