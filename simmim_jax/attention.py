@@ -121,8 +121,9 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 # contiguous slice whose scores stay in cache, nothing is transposed at full
 # length, and the few large arrays (output, saved weights) are written once.
 # The backward is hand-written: it saves q, k, v and the weights (not the
-# output), reads each step's weights from memory once, and keeps every dot in
-# the form XLA's CPU backend runs fastest. Measured side by side in
+# output), takes the softmax row sums from the weights while they are in
+# cache, and keeps every dot in the form XLA's CPU backend runs fastest.
+# Measured side by side in
 # experiments/segment_attention_levers.py (BENCHMARKS.md).
 # XLA's cost analysis counts a loop body once; `cost.jaxpr_flops` counts all.
 
@@ -237,9 +238,6 @@ def _step_backward(q, k, v, d_out, weights):
   heads = q.shape[2]
   wide = weights.dtype
   scale = 1.0 / math.sqrt(q.shape[-1])
-  # One read of the step's weights from memory; without the barrier XLA
-  # reads them twice, once through a strided transpose.
-  weights = jax.lax.optimization_barrier(weights)
   q, k, v, d_out = (_blocks(x).astype(wide) for x in (q, k, v, d_out))
   d_v = jnp.einsum('bkq,bqd->bkd', _transposed(weights), d_out)
   d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
