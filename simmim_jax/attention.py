@@ -54,13 +54,8 @@ def split_segments(x: jax.Array, segment_len: int, fill=0) -> jax.Array:
 
   The tail is padded with `fill` so length need not divide segment_len.
   """
-  length = x.shape[1]
-  num_segments = -(-length // segment_len)
-  pad = num_segments * segment_len - length
-  if pad:
-    widths = [(0, 0)] * x.ndim
-    widths[1] = (0, pad)
-    x = jnp.pad(x, widths, constant_values=fill)
+  num_segments = -(-x.shape[1] // segment_len)
+  x = _pad_length(x, num_segments * segment_len, fill)
   return x.reshape(x.shape[0], num_segments, segment_len, *x.shape[2:])
 
 
@@ -123,8 +118,8 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 # The backward is hand-written: it saves q, k, v and the weights (not the
 # output), takes the softmax row sums from the weights while they are in
 # cache, and keeps every dot in the form XLA's CPU backend runs fastest.
-# Measured side by side in
-# experiments/segment_attention_levers.py (BENCHMARKS.md).
+# Measured side by side in experiments/segment_attention_levers.py
+# (BENCHMARKS.md).
 # XLA's cost analysis counts a loop body once; `cost.jaxpr_flops` counts all.
 
 # Score entries per loop step: 2 MiB of float32, so a step's scores, weights
@@ -146,12 +141,13 @@ def _segments_per_step(num_segments, heads, segment_len):
              if num_segments % d == 0)
 
 
-def _pad_length(x, length):
+def _pad_length(x, length, fill=0):
+  """[batch, n, ...] -> [batch, length, ...], the tail filled with `fill`."""
   if x.shape[1] == length:
     return x
   widths = [(0, 0)] * x.ndim
   widths[1] = (0, length - x.shape[1])
-  return jnp.pad(x, widths)
+  return jnp.pad(x, widths, constant_values=fill)
 
 
 def _steps(x, step, segment_len):
