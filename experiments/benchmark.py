@@ -1,7 +1,5 @@
 r"""Runs the benchmark suite (simmim_jax/benchmarks.py) and prints its tables.
 
-  MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
-  MALLOC_ARENA_MAX=1 \
   python -m experiments.benchmark --out_dir=runs/benchmark \
       [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
       [--remat] [--groups=op,layer,train_step]
@@ -10,7 +8,8 @@ Writes benchmark.json, benchmark.md, time_vs_length.png and
 memory_vs_length.png into --out_dir and prints the markdown. --quick: tiny
 sizes, lengths 256 and 512, about a minute on 2 cores (mostly compilation);
 the other flags override either preset. The full run took 22 minutes on a
-shared 2-core CPU.
+shared 2-core CPU. `import simmim_jax` sets glibc's malloc for XLA
+(simmim_jax/allocator.py); the report records what it set.
 """
 
 import dataclasses

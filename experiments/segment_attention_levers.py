@@ -2,19 +2,20 @@ r"""Ways to compute segment attention, timed side by side in one process.
 
 Each variant computes exactly `simmim_jax.segment_attention` (checked against
 it before timing); the table gives median forward and forward+backward times
-at one length, the forward+backward rate (the first implementation's XLA
-FLOP count over each variant's time) against a matmul measured in the same
-run, compiled peak memory, minor page faults per forward+backward call, and
+at one length, the forward+backward rate (the FLOPs that the benchmark
+suite counts for it, `cost.jaxpr_flops`, over each variant's time) against a
+matmul measured in the same run, compiled peak memory, minor page faults per forward+backward call, and
 the PyTorch SDPA peer on the same segments when torch imports. Variants are
 timed in interleaved rounds (one call of each per round), so a slow spell of
 the machine hits all of them alike. A second table gives the rate of the
 batched [l, 64] @ [64, l] product at several segment lengths l; --profile
 adds where `segment_attention`'s forward+backward spends its time.
 
-  MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
-  MALLOC_ARENA_MAX=1 \
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
+
+`import simmim_jax` sets glibc's malloc for XLA (simmim_jax/allocator.py);
+SIMMIM_JAX_TUNE_MALLOC=0 runs with glibc's defaults instead.
 
 With more than one device, a last variant splits the heads over all of them.
 """
@@ -38,10 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import simmim_jax
+from simmim_jax import allocator
 from simmim_jax import attention
 from simmim_jax import benchmark_cases
 from simmim_jax import benchmarks
-from simmim_jax.cost import program_cost
+from simmim_jax.cost import jaxpr_flops, program_cost
 
 _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
@@ -342,10 +344,11 @@ def _interleaved(calls, rounds):
 
 
 def _forward_and_gradient(fn, cotangent):
-  """Jitted fn(q, k, v, segment_len) and the gradients of
-  sum(fn * cotangent) with respect to q, k, v."""
+  """Jitted fn(q, k, v, segment_len), and sum(fn * cotangent) with its
+  gradients with respect to q, k, v (the value too, as in training: XLA
+  would otherwise drop the forward's last product)."""
   forward = jax.jit(lambda q, k, v: fn(q, k, v, _SEGMENT_LEN))
-  both = jax.jit(jax.grad(
+  both = jax.jit(jax.value_and_grad(
       lambda q, k, v: jnp.sum(fn(q, k, v, _SEGMENT_LEN) * cotangent),
       argnums=(0, 1, 2)))
   return forward, both
@@ -378,13 +381,19 @@ def main(argv):
   print(f'length {length}, {_HEADS} heads of {_HEAD_DIM}, segment_len '
         f'{_SEGMENT_LEN}, float32, batch 1, median of {_REPEATS.value} '
         'interleaved rounds')
+  tuned = ', '.join(f'{k}={v}' for k, v in allocator.applied.items())
+  print(f'malloc set by simmim_jax on import: {tuned or "none"}')
   size = 4096
   a, b = (jax.random.normal(key, (size, size)) for key in keys[:2])
   matmul = jax.jit(jnp.matmul).lower(a, b).compile()
   calls = {'matmul': lambda: matmul(a, b)}
   names = [name for i, name in enumerate(VARIANTS)
            if i == 0 or name.startswith(_ONLY.value)]
-  peaks, useful_flops = {}, None  # the first implementation's FLOP count
+  # Every variant computes the same function: rates use the FLOPs that the
+  # suite counts for segment_attention's forward+backward.
+  useful_flops = jaxpr_flops(
+      _forward_and_gradient(segment_attention, cotangent)[1], q, k, v)
+  peaks = {}
   for name in names:
     fn, patches = VARIANTS[name]
     forward, both = _forward_and_gradient(fn, cotangent)
@@ -393,9 +402,7 @@ def main(argv):
       both = both.lower(q, k, v).compile()
     rtol, atol = _TOLERANCE.get(name, (2e-4, 2e-5))
     np.testing.assert_allclose(forward(q, k, v), want, rtol=rtol, atol=atol)
-    cost = program_cost(both)
-    useful_flops = useful_flops or cost['xla_flops']  # no loops
-    peaks[name] = cost['peak_bytes']
+    peaks[name] = program_cost(both)['peak_bytes']
     calls[name + ' fwd'] = lambda forward=forward: forward(q, k, v)
     calls[name + ' both'] = lambda both=both: both(q, k, v)
   if jax.device_count() > 1:
@@ -433,13 +440,14 @@ def main(argv):
 
 
 def _print_dot_rates(key, ceiling):
-  """The batched q.k^T product of segment attention at several segment
-  lengths, each with the same FLOPs (2^29): how fast XLA's CPU backend runs
-  a batch of [l, 64] @ [64, l] products as l grows."""
+  """The batched q.k^T product of segment attention: how fast XLA's CPU
+  backend runs a batch of [l, 64] @ [64, l] products as l grows. The first
+  row is one loop step of `segment_attention` (4 segments of 8 heads); the
+  others have the same FLOPs each (2^29)."""
   print('\n| batched dot [b, l, 64] x [b, l, 64] -> [b, l, l] | ms | GFLOP/s '
         '| % ceiling |\n|---|---:|---:|---:|')
-  for segment_len in (128, 256, 512, 1024):
-    batch = 2**22 // segment_len**2
+  for batch, segment_len in ((32, 128), *((2**22 // l**2, l)
+                                          for l in (128, 256, 512, 1024))):
     x = jax.random.normal(key, (batch, segment_len, _HEAD_DIM))
     dot = jax.jit(lambda a, b: jnp.einsum('bqd,bkd->bqk', a, b))
     seconds, _ = _interleaved({'dot': lambda: dot(x, x)}, _REPEATS.value)

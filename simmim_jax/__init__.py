@@ -1,5 +1,9 @@
 """simmim_jax: segment attention with segment states, hierarchical encoding."""
 
+# Before JAX starts its CPU threads: see allocator.py.
+from simmim_jax import allocator as _allocator
+_allocator.tune_malloc()
+
 from simmim_jax.attention import full_attention
 from simmim_jax.attention import masked_softmax
 from simmim_jax.attention import segment_attention
@@ -17,20 +21,19 @@ from simmim_jax.models import Classifier
 from simmim_jax.models import DualEncoderClassifier
 from simmim_jax.models import Encoder
 from simmim_jax.models import build_model
-
-__version__ = '0.1.0'
-
+from simmim_jax.template_cache import apply_with_cache
+from simmim_jax.template_cache import build_cache
+from simmim_jax.template_learning import ema_kmeans_update
+from simmim_jax.template_learning import quantize
+from simmim_jax.template_learning import reseed_dead_templates
+from simmim_jax.template_learning import vq_losses
 from simmim_jax.templates import assign_templates
 from simmim_jax.templates import causal_template_attention
 from simmim_jax.templates import causal_template_outputs
-from simmim_jax.template_learning import ema_kmeans_update
-from simmim_jax.template_learning import quantize
 from simmim_jax.templates import query_template_cache
-from simmim_jax.template_learning import reseed_dead_templates
-from simmim_jax.template_cache import apply_with_cache
-from simmim_jax.template_cache import build_cache
 from simmim_jax.templates import segment_template_attention
 from simmim_jax.templates import segment_template_outputs
 from simmim_jax.templates import template_attention
 from simmim_jax.templates import template_outputs
-from simmim_jax.template_learning import vq_losses
+
+__version__ = '0.1.0'

@@ -196,15 +196,21 @@ def layer_workloads(sizes: Sizes, length: int) -> dict[str, Workload]:
 
 
 def with_backward(forward: Callable[..., jax.Array]) -> Callable[..., Any]:
-  """fn(*inputs, cotangent) -> gradients of sum(forward(*inputs) * cotangent)
-  w.r.t. every input (pytrees of parameters included)."""
+  """fn(*inputs, cotangent) -> sum(forward(*inputs) * cotangent) and its
+  gradients w.r.t. every input (pytrees of parameters included).
+
+  The value is returned, as a training loss is: with the gradients alone,
+  XLA drops the forward's last product (its output only feeds the unused
+  value), which PyTorch's autograd, running the forward first, cannot.
+  """
   def forward_backward(*args):
     *inputs, cotangent = args
 
     def objective(*inputs):
       out = forward(*inputs).astype(jnp.float32)
       return jnp.sum(out * cotangent.astype(jnp.float32))
-    return jax.grad(objective, argnums=tuple(range(len(inputs))))(*inputs)
+    return jax.value_and_grad(objective,
+                              argnums=tuple(range(len(inputs))))(*inputs)
   return forward_backward
 
 

@@ -126,6 +126,8 @@ def _machine(report: dict[str, Any]) -> str:
   m, config = report['machine'], report['config']
   sizes = config['sizes']
   env = ', '.join(f'{k}={v}' for k, v in m['env'].items())
+  tuned = ', '.join(f'{k}={v}' for k, v in
+                    m.get('malloc_set_on_import', {}).items()) or 'none'
   versions = ', '.join(f'{k} {v}' for k, v in m['versions'].items())
   return (
       f"`{m['command']}`\n\n"
@@ -133,7 +135,8 @@ def _machine(report: dict[str, Any]) -> str:
       f"- cpu: {m['cpu']}, {m['cpus_available']} of {m['cpu_count']} cores "
       f"available; torch device: {m['torch_device']}, threads: "
       f"{m['torch_threads']}\n- {versions}\n"
-      f"- env: {env}\n- {m['os']}\n\n"
+      f"- env: {env}\n- malloc set by simmim_jax on import: {tuned}\n"
+      f"- {m['os']}\n\n"
       f"Batch 1, {sizes['dtype']}, {sizes['num_heads']} heads of "
       f"{sizes['head_dim']} (d_model "
       f"{sizes['num_heads'] * sizes['head_dim']}), segment_len "

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from simmim_jax import allocator
 from simmim_jax import benchmark_cases as cases
 from simmim_jax import benchmark_report
 from simmim_jax.benchmark_report import Row
@@ -38,7 +39,7 @@ from simmim_jax.cost import median_seconds
 from simmim_jax.cost import program_cost
 
 ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
-            'MALLOC_ARENA_MAX', 'XLA_FLAGS')
+            'MALLOC_ARENA_MAX', allocator.OPT_OUT, 'XLA_FLAGS')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,8 @@ def _cpu_model() -> str:
 
 
 def machine(torch: Any, command: Sequence[str]) -> dict[str, Any]:
-  """Devices, CPU, library versions, allocator/XLA env vars, command line."""
+  """Devices, CPU, library versions, allocator/XLA env vars, the malloc
+  settings simmim_jax applied (allocator.py), command line."""
   return {
       'devices': [str(d) for d in jax.devices()],
       'platform': jax.default_backend(),
@@ -276,6 +278,7 @@ def machine(torch: Any, command: Sequence[str]) -> dict[str, Any]:
       'torch_threads': None if torch is None else torch.get_num_threads(),
       'torch_device': None if torch is None else torch_device(torch),
       'env': {name: os.environ.get(name) for name in ENV_VARS},
+      'malloc_set_on_import': dict(allocator.applied),
       'command': ' '.join(command),
   }
 
