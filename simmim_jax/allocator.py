@@ -2,13 +2,13 @@
 
 XLA's CPU client allocates each call's outputs and temporaries with malloc.
 With glibc's defaults, large blocks are mapped afresh and handed back to the
-kernel when freed, and each of XLA's worker threads gets an arena of its own,
-so a call pays a page fault per fresh 4 KiB page, and how many it pays
-changes from one process to the next: `segment_attention`'s
-forward+backward at 8192 tokens took 0 or 14,594 faults, 43 or 57 ms
-(BENCHMARKS.md, "The allocator environment"). Three settings remove that:
-blocks of up to 2 GiB come from the heap (mmap threshold), freed memory stays
-there for the next call (trim threshold), and all threads share one arena.
+kernel when freed, so a call pays a page fault per fresh 4 KiB page:
+`segment_attention`'s forward+backward at 8192 tokens took 20,737-21,762
+faults and 68-76 ms per call, against 0 faults and 49-50 ms with the
+settings below (BENCHMARKS.md, "The allocator"). Blocks of up to 2 GiB come
+from the heap (mmap threshold), freed memory stays there for the next call
+(trim threshold), and all threads share one arena: with an arena per
+worker thread, the thresholds alone left the fault count to chance.
 The cost is resident memory that is not returned to the system while the
 process lives, which a training or benchmark process reuses anyway.
 

@@ -67,9 +67,9 @@ def test_opting_out_leaves_malloc_alone():
 
 
 def test_tuned_segment_attention_takes_no_page_faults():
-  # With glibc's defaults this call takes 10k-19k faults in most processes
-  # (BENCHMARKS.md); tuned, its buffers come back from the heap, with a
-  # fault spell in an occasional call.
+  # With glibc's defaults this call takes thousands of faults every time
+  # (BENCHMARKS.md, "The allocator"); tuned, its buffers come back from the
+  # heap, with a fault spell in an occasional call.
   result = _run(_FAULTS)
   assert len(result['applied']) == 3
   assert result['faults'][4] <= 64, result
