@@ -4,10 +4,10 @@ Each variant computes exactly `simmim_jax.segment_attention` (checked against
 it before timing); the table gives median forward and forward+backward times
 at one length, the forward+backward rate (the FLOPs that the benchmark
 suite counts for it, `cost.jaxpr_flops`, over each variant's time) against a
-matmul measured in the same run, compiled peak memory, minor page faults per forward+backward call, and
-the PyTorch SDPA peer on the same segments when torch imports. Variants are
-timed in interleaved rounds (one call of each per round), so a slow spell of
-the machine hits all of them alike. A second table gives the rate of the
+matmul measured in the same run, compiled peak memory, minor page faults per
+forward+backward call, and the PyTorch SDPA peer on the same segments when
+torch imports. Variants are timed in interleaved rounds (one call of each per
+round), so a slow spell of the machine hits all of them alike. A second table gives the rate of the
 batched [l, 64] @ [64, l] product at several segment lengths l; --profile
 adds where `segment_attention`'s forward+backward spends its time.
 
@@ -49,7 +49,7 @@ _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
 _ONLY = flags.DEFINE_string(
     'only', '', 'time only the variants whose name starts with this (the '
-    'first implementation always runs: its FLOP count is the yardstick)')
+    'first implementation always runs, as the baseline)')
 _PROFILE = flags.DEFINE_bool(
     'profile', False, 'also print where segment_attention forward+backward '
     'spends its time: XLA operations from a jax.profiler trace')
