@@ -7,9 +7,10 @@ suite counts for it, `cost.jaxpr_flops`, over each variant's time) against a
 matmul measured in the same run, compiled peak memory, minor page faults per
 forward+backward call, and the PyTorch SDPA peer on the same segments when
 torch imports. Variants are timed in interleaved rounds (one call of each per
-round), so a slow spell of the machine hits all of them alike. A second table gives the rate of the
-batched [l, 64] @ [64, l] product at several segment lengths l; --profile
-adds where `segment_attention`'s forward+backward spends its time.
+round), so a slow spell of the machine hits all of them alike. A second
+table gives the rate of the batched [l, 64] @ [64, l] product at several
+segment lengths l; --profile adds where `segment_attention`'s
+forward+backward spends its time.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
