@@ -8,9 +8,10 @@ matmul measured in the same run, compiled peak memory, minor page faults per
 forward+backward call, and the PyTorch SDPA peer on the same segments when
 torch imports. Variants are timed in interleaved rounds (one call of each per
 round), so a slow spell of the machine hits all of them alike. A second
-table gives the rate of the batched [l, 64] @ [64, l] product at several
-segment lengths l; --profile adds where `segment_attention`'s
-forward+backward spends its time.
+table compares `segment_attention` with padding the inputs at a length that
+segment_len does not divide (--tail), a third gives the rate of the batched
+[l, 64] @ [64, l] product at several segment lengths l; --profile adds where
+`segment_attention`'s forward+backward spends its time.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
   python -m experiments.segment_attention_levers [--length=8192] [--repeats=7]
@@ -54,6 +55,9 @@ _ONLY = flags.DEFINE_string(
 _PROFILE = flags.DEFINE_bool(
     'profile', False, 'also print where segment_attention forward+backward '
     'spends its time: XLA operations from a jax.profiler trace')
+_TAIL = flags.DEFINE_integer(
+    'tail', 36, 'positions in the last segment of the ragged-length table, '
+    'which runs at length - segment_len + tail (0 skips it)')
 _HEADS, _HEAD_DIM, _SEGMENT_LEN = 8, 64, 128
 
 
@@ -143,16 +147,9 @@ def saved_output_vjp(q, k, v, segment_len):
   return simmim_jax.segment_attention(q, k, v, segment_len)
 
 
-def _saved_output_step_size(q, segment_len):
-  return attention._segments_per_step(q.shape[1] // segment_len, q.shape[2],
-                                      segment_len)
-
-
 def _saved_output_forward(q, k, v, segment_len):
-  out, weights = attention._map_steps(
-      lambda *xs: attention._step_forward(*xs, False), (q, k, v), None,
-      _saved_output_step_size(q, segment_len), segment_len)
-  out = out.reshape(q.shape)
+  out, (*_, weights, _) = attention._segment_attention_forward(
+      q, k, v, None, segment_len, False)
   return out, (q, k, v, out, weights)
 
 
@@ -171,14 +168,89 @@ def _saved_output_step(q, k, v, out, d_out, weights):
 
 def _saved_output_backward(segment_len, residuals, d_out):
   q, k, v, out, weights = residuals
-  step = _saved_output_step_size(q, segment_len)
-  steps = lambda x: attention._steps(x, step, segment_len)
-  grads = jax.lax.map(lambda xs: _saved_output_step(*xs),
-                      (*(steps(x) for x in (q, k, v, out, d_out)), weights))
-  return tuple(g.reshape(q.shape) for g in grads)
+  layout = attention._layout(q.shape, segment_len)
+
+  def step(grads, i_and_weights):
+    i, step_weights = i_and_weights
+    step_grads = _saved_output_step(
+        *(attention._read_step(x, layout, i) for x in (q, k, v, out, d_out)),
+        step_weights)
+    return tuple(attention._write_step(g, s, layout, i)
+                 for g, s in zip(grads, step_grads)), None
+
+  grads, _ = jax.lax.scan(step, tuple(jnp.zeros_like(x) for x in (q, k, v)),
+                          (jnp.arange(layout.num_steps), weights))
+  return grads
 
 
 saved_output_vjp.defvjp(_saved_output_forward, _saved_output_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def two_lanes(q, k, v, segment_len):
+  """Each loop iteration runs two steps, one from each half of the sequence.
+  They share no data, so XLA's CPU runtime may run them on two threads at
+  once; with the concurrency-optimised scheduler they also share no buffers.
+  The backward does the same."""
+  return _two_lanes_forward(q, k, v, segment_len)[0]
+
+
+def _lanes(layout, i):
+  return i, i + layout.num_steps // 2
+
+
+def _two_lanes_forward(q, k, v, segment_len):
+  layout = attention._layout(q.shape, segment_len)
+  if layout.tail or layout.num_steps % 2:
+    raise ValueError(f'two lanes need an even number of loop steps and no '
+                     f'tail, got {layout}')
+
+  def step(out, i):
+    weights = []
+    for j in _lanes(layout, i):
+      step_out, step_weights = attention._step_forward(
+          *(attention._read_step(x, layout, j) for x in (q, k, v)), None,
+          False)
+      out = attention._write_step(out, step_out, layout, j)
+      weights.append(step_weights)
+    return out, jnp.stack(weights)
+
+  out, weights = jax.lax.scan(step, jnp.zeros_like(q),
+                              jnp.arange(layout.num_steps // 2))
+  return out, (q, k, v, weights)
+
+
+def _two_lanes_backward(segment_len, residuals, d_out):
+  q, k, v, weights = residuals
+  layout = attention._layout(q.shape, segment_len)
+
+  def step(grads, i_and_weights):
+    i, both_weights = i_and_weights
+    for j, step_weights in zip(_lanes(layout, i), both_weights):
+      step_grads = attention._step_backward(
+          *(attention._read_step(x, layout, j) for x in (q, k, v, d_out)),
+          step_weights)
+      grads = tuple(attention._write_step(g, s, layout, j)
+                    for g, s in zip(grads, step_grads))
+    return grads, None
+
+  grads, _ = jax.lax.scan(step, tuple(jnp.zeros_like(x) for x in (q, k, v)),
+                          (jnp.arange(layout.num_steps // 2), weights))
+  return grads
+
+
+two_lanes.defvjp(_two_lanes_forward, _two_lanes_backward)
+
+
+def padded_to_segments(q, k, v, segment_len):
+  """The implementation before the tail step: inputs padded to a multiple of
+  segment_len, the padding masked out of the keys, the output sliced."""
+  batch, length = q.shape[:2]
+  padded = -(-length // segment_len) * segment_len
+  mask = jnp.broadcast_to(jnp.arange(padded) < length, (batch, padded))
+  q, k, v = (attention._pad_length(x, padded) for x in (q, k, v))
+  return simmim_jax.segment_attention(q, k, v, segment_len,
+                                      mask=mask)[:, :length]
 
 
 def xla_sdpa(q, k, v, segment_len):
@@ -295,6 +367,9 @@ VARIANTS = {
     '... steps of 16 segments': (
         segment_attention, {'_STEP_SCORES': _step_scores(16)}),
     '... on bfloat16 inputs': (bfloat16_inputs, {}),
+    '... two steps per loop iteration': (two_lanes, {}),
+    '... two steps per loop iteration, concurrency-optimised scheduler': (
+        two_lanes, {}),
     '... without the transpose barrier': (
         segment_attention, {'_transposed': lambda x: jnp.swapaxes(x, 1, 2)}),
     'deferred normalisation': (deferred_normalisation, {}),
@@ -309,6 +384,12 @@ VARIANTS = {
 
 # (rtol, atol) against float32 segment_attention; the default is float32's.
 _TOLERANCE = {'... on bfloat16 inputs': (2e-2, 2e-2)}
+
+# XLA options a variant is compiled with.
+_COMPILER_OPTIONS = {
+    '... two steps per loop iteration, concurrency-optimised scheduler': {
+        'xla_cpu_enable_concurrency_optimized_scheduler': True},
+}
 
 
 @contextlib.contextmanager
@@ -398,9 +479,10 @@ def main(argv):
   for name in names:
     fn, patches = VARIANTS[name]
     forward, both = _forward_and_gradient(fn, cotangent)
+    options = _COMPILER_OPTIONS.get(name)
     with _patched(attention, patches):
-      forward = forward.lower(q, k, v).compile()
-      both = both.lower(q, k, v).compile()
+      forward = forward.lower(q, k, v).compile(options)
+      both = both.lower(q, k, v).compile(options)
     rtol, atol = _TOLERANCE.get(name, (2e-4, 2e-5))
     np.testing.assert_allclose(forward(q, k, v), want, rtol=rtol, atol=atol)
     peaks[name] = program_cost(both)['peak_bytes']
@@ -433,11 +515,38 @@ def main(argv):
           f'{rate / ceiling:.0%} | {peak} | {faults[name + " both"]:.0f} |')
   if torch is None:
     print(f'PyTorch peer skipped: {unavailable}')
+  if _TAIL.value:
+    _print_ragged(keys, length - _SEGMENT_LEN + _TAIL.value)
   _print_dot_rates(keys[0], ceiling)
   if _PROFILE.value:
     _, both = _forward_and_gradient(segment_attention, cotangent)
     jax.block_until_ready(both(q, k, v))
     _print_profile(lambda: both(q, k, v), _REPEATS.value)
+
+
+def _print_ragged(keys, length):
+  """segment_attention at a length that segment_len does not divide (its
+  last segment is a step of its own) against padding the inputs."""
+  shape = (1, length, _HEADS, _HEAD_DIM)
+  q, k, v, cotangent = (jax.random.normal(key, shape) for key in keys)
+  calls, peaks = {}, {}
+  for name, fn in (('segment_attention', segment_attention),
+                   ('padded to a multiple of segment_len (before)',
+                    padded_to_segments)):
+    forward, both = (f.lower(q, k, v).compile()
+                     for f in _forward_and_gradient(fn, cotangent))
+    np.testing.assert_allclose(forward(q, k, v), segment_attention(
+        q, k, v, _SEGMENT_LEN), rtol=2e-4, atol=2e-5)
+    peaks[name] = program_cost(both)['peak_bytes']
+    calls[name + ' fwd'] = lambda forward=forward: forward(q, k, v)
+    calls[name + ' both'] = lambda both=both: both(q, k, v)
+  seconds, faults = _interleaved(calls, _REPEATS.value)
+  print(f'\n| length {length} (last segment {length % _SEGMENT_LEN}) | fwd ms '
+        '| fwd+bwd ms | peak MiB | page faults |\n|---|---:|---:|---:|---:|')
+  for name in peaks:
+    print(f'| {name} | {seconds[name + " fwd"] * 1e3:.1f} | '
+          f'{seconds[name + " both"] * 1e3:.1f} | {peaks[name] / 2**20:.0f} | '
+          f'{faults[name + " both"]:.0f} |')
 
 
 def _print_dot_rates(key, ceiling):

@@ -9,7 +9,7 @@ whatever the input dtype; the output has the dtype of `q`.
 
 import functools
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -84,12 +84,12 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Position t belongs to segment t // segment_len and attends only to the real
   keys of its own segment (and only keys <= t when `causal`), with scores
-  q.k / sqrt(head_dim). Segments are a reshape to
-  [batch, num_segments, segment_len, ...]; no [length, length] matrix exists,
-  so cost is O(length * segment_len * head_dim) per head.
+  q.k / sqrt(head_dim). No [length, length] matrix exists, so cost is
+  O(length * segment_len * head_dim) per head.
 
   Args:
-    q, k, v: [batch, length, heads, head_dim]; any length.
+    q, k, v: [batch, length, heads, head_dim]; any length (a last, shorter
+      segment is computed on its own, without padding the inputs).
     segment_len: positive int.
     mask: optional [batch, length] bool, True = real token.
     causal: restrict keys to positions <= the query's.
@@ -100,21 +100,18 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   """
   segment_len = checks.positive_int(segment_len, 'segment_len')
   _check_qkv(q, k, v)
-  batch, length = q.shape[:2]
-  checks.mask(mask, (batch, length))
-
-  key_mask = segment_key_mask(mask, batch, length, segment_len)
-  num_segments = -(-length // segment_len)
-  step = _segments_per_step(num_segments, q.shape[2], segment_len)
-  q, k, v = (_pad_length(x, num_segments * segment_len) for x in (q, k, v))
-  out = _segment_attention(q, k, v, key_mask, segment_len, step, causal)
-  return out[:, :length]
+  checks.mask(mask, q.shape[:2])
+  if mask is not None:
+    mask = mask.astype(bool)
+  return _segment_attention(q, k, v, mask, segment_len, causal)
 
 
-# On CPU, segment attention runs as a loop (`lax.map`) over steps of a few
-# segments in the input's own [batch, length, heads, d] layout: each step is a
-# contiguous slice whose scores stay in cache, nothing is transposed at full
-# length, and the few large arrays (output, saved weights) are written once.
+# On CPU, segment attention runs as a loop over steps of a few segments in the
+# input's own [batch, length, heads, d] layout: each step reads a contiguous
+# slice whose scores stay in cache, nothing is transposed at full length, and
+# the few large arrays (output, saved weights, gradients) are written once, in
+# place. A last segment shorter than segment_len is one more step of its own,
+# so the inputs are never padded to a multiple of segment_len (a copy of each).
 # The backward is hand-written: it saves q, k, v and the weights (not the
 # output), takes the softmax row sums from the weights while they are in
 # cache, and keeps every dot in the form XLA's CPU backend runs fastest.
@@ -148,11 +145,6 @@ def _pad_length(x, length, fill=0):
   widths = [(0, 0)] * x.ndim
   widths[1] = (0, length - x.shape[1])
   return jnp.pad(x, widths, constant_values=fill)
-
-
-def _steps(x, step, segment_len):
-  """[batch, length, ...] -> [batch * length / (step * l), step, l, ...]."""
-  return x.reshape(-1, step, segment_len, *x.shape[2:])
 
 
 def _blocks(x):
@@ -197,27 +189,107 @@ def _step_forward(q, k, v, key_mask, causal):
   return _unblock(out, heads), weights
 
 
-def _map_steps(fn, arrays, key_mask, step, segment_len):
-  """lax.map of fn(*step_arrays, step_key_mask) over the steps."""
-  arrays = tuple(_steps(x, step, segment_len) for x in arrays)
-  if key_mask is None:
-    return jax.lax.map(lambda xs: fn(*xs, None), arrays)
-  return jax.lax.map(lambda xs: fn(*xs),
-                     (*arrays, key_mask.reshape(-1, step, segment_len)))
+class _Layout(NamedTuple):
+  """How a [batch, length] sequence splits into loop steps and a tail.
+
+  Loop step i covers segments [start, start + step) of batch row
+  i // steps_per_row, start = (i % steps_per_row) * step; the last
+  `tail` (< segment_len) positions of every row form one short segment,
+  handled after the loop as a step holding every row's tail."""
+  batch: int
+  segment_len: int
+  full_segments: int  # per row
+  step: int  # segments per loop step; divides full_segments
+  tail: int
+
+  @property
+  def num_steps(self):
+    return self.batch * self.full_segments // self.step if self.step else 0
+
+  def origin(self, i):
+    """Batch row and first position of loop step i."""
+    steps_per_row = self.full_segments // self.step
+    first_segment = (i % steps_per_row) * self.step
+    return i // steps_per_row, first_segment * self.segment_len
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _segment_attention(q, k, v, key_mask, segment_len, step, causal):
-  out = _map_steps(lambda *xs: _step_forward(*xs, causal)[0], (q, k, v),
-                   key_mask, step, segment_len)
-  return out.reshape(q.shape).astype(q.dtype)
+def _layout(shape, segment_len):
+  batch, length, heads = shape[:3]
+  full_segments, tail = divmod(length, segment_len)
+  step = (_segments_per_step(full_segments, heads, segment_len)
+          if full_segments else 0)
+  return _Layout(batch, segment_len, full_segments, step, tail)
 
 
-def _segment_attention_forward(q, k, v, key_mask, segment_len, step, causal):
-  out, weights = _map_steps(lambda *xs: _step_forward(*xs, causal),
-                            (q, k, v), key_mask, step, segment_len)
-  out = out.reshape(q.shape)
-  return out.astype(q.dtype), (q, k, v, weights)
+def _read_step(x, layout, i):
+  """Loop step i of x [batch, length, ...] -> [step, l, ...] (or None)."""
+  if x is None:
+    return None
+  row, start = layout.origin(i)
+  size = (1, layout.step * layout.segment_len, *x.shape[2:])
+  part = jax.lax.dynamic_slice(x, (row, start) + (0,) * (x.ndim - 2), size)
+  return part.reshape(layout.step, layout.segment_len, *x.shape[2:])
+
+
+def _write(buffer, part, row, start):
+  """buffer [batch, length, ...] with part [rows, n, ...] written in place
+  from (row, start)."""
+  origin = (row, start) + (0,) * (buffer.ndim - 2)
+  return jax.lax.dynamic_update_slice(buffer, part.astype(buffer.dtype),
+                                      origin)
+
+
+def _write_step(buffer, part, layout, i):
+  """buffer [batch, length, ...] with loop step i set to part [step, l, ...]."""
+  return _write(buffer, part.reshape(1, -1, *part.shape[2:]),
+                *layout.origin(i))
+
+
+def _read_tail(x, layout, fill=0):
+  """x [batch, length, ...] -> its tails [batch, l, ...], padded with fill."""
+  start = layout.full_segments * layout.segment_len
+  return _pad_length(x[:, start:], layout.segment_len, fill)
+
+
+def _write_tail(buffer, part, layout):
+  """buffer [batch, length, ...] with its tails set from part [batch, l,
+  ...]."""
+  return _write(buffer, part[:, :layout.tail], 0,
+                layout.full_segments * layout.segment_len)
+
+
+def _tail_mask(mask, layout):
+  """[batch, l] keys of the tail segment: real positions, not padding."""
+  if mask is None:
+    return jnp.broadcast_to(jnp.arange(layout.segment_len) < layout.tail,
+                            (layout.batch, layout.segment_len))
+  return _read_tail(mask, layout, False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _segment_attention(q, k, v, mask, segment_len, causal):
+  return _segment_attention_forward(q, k, v, mask, segment_len, causal)[0]
+
+
+def _segment_attention_forward(q, k, v, mask, segment_len, causal):
+  """-> (out in q's dtype, residuals (q, k, v, mask, loop weights
+  [num_steps, heads * step, l, l] or None, tail weights or None))."""
+  layout = _layout(q.shape, segment_len)
+  out = jnp.zeros_like(q)
+  weights = tail_weights = None
+  if layout.num_steps:
+    def step(out, i):
+      step_out, step_weights = _step_forward(
+          *(_read_step(x, layout, i) for x in (q, k, v, mask)), causal)
+      return _write_step(out, step_out, layout, i), step_weights
+
+    out, weights = jax.lax.scan(step, out, jnp.arange(layout.num_steps))
+  if layout.tail:
+    tail_out, tail_weights = _step_forward(
+        *(_read_tail(x, layout) for x in (q, k, v)), _tail_mask(mask, layout),
+        causal)
+    out = _write_tail(out, tail_out, layout)
+  return out, (q, k, v, mask, weights, tail_weights)
 
 
 def _transposed(x):
@@ -246,13 +318,26 @@ def _step_backward(q, k, v, d_out, weights):
   return tuple(_unblock(g, heads) for g in (d_q, d_k, d_v))
 
 
-def _segment_attention_backward(segment_len, step, causal, residuals, d_out):
+def _segment_attention_backward(segment_len, causal, residuals, d_out):
   del causal  # the weights already hold it
-  q, k, v, weights = residuals
-  arrays = tuple(_steps(x, step, segment_len) for x in (q, k, v, d_out))
-  grads = jax.lax.map(lambda xs: _step_backward(*xs), (*arrays, weights))
-  grads = tuple(g.reshape(x.shape).astype(x.dtype)
-                for g, x in zip(grads, (q, k, v)))
+  q, k, v, mask, weights, tail_weights = residuals
+  layout = _layout(q.shape, segment_len)
+  grads = tuple(jnp.zeros_like(x) for x in (q, k, v))
+  if layout.num_steps:
+    def step(grads, i_and_weights):
+      i, step_weights = i_and_weights
+      step_grads = _step_backward(
+          *(_read_step(x, layout, i) for x in (q, k, v, d_out)), step_weights)
+      return tuple(_write_step(g, s, layout, i)
+                   for g, s in zip(grads, step_grads)), None
+
+    grads, _ = jax.lax.scan(step, grads,
+                            (jnp.arange(layout.num_steps), weights))
+  if layout.tail:
+    tail_grads = _step_backward(
+        *(_read_tail(x, layout) for x in (q, k, v, d_out)), tail_weights)
+    grads = tuple(_write_tail(g, s, layout)
+                  for g, s in zip(grads, tail_grads))
   return (*grads, None)  # the mask gets no gradient
 
 
@@ -276,18 +361,28 @@ def segment_attention_weights(q: jax.Array, k: jax.Array, segment_len: int,
     checks.rank(x, 4, name, '[batch, length, heads, head_dim]')
   checks.same_shape([('q', q.shape), ('k', k.shape)])
   checks.mask(mask, q.shape[:2])
+  if mask is not None:
+    mask = mask.astype(bool)
   return _segment_weights(q, k, segment_len, mask, causal)
 
 
 def _segment_weights(q, k, segment_len, mask, causal):
-  batch, length = q.shape[:2]
-  key_mask = segment_key_mask(mask, batch, length, segment_len)
-  num_segments = -(-length // segment_len)
-  q, k = (_pad_length(x, num_segments * segment_len) for x in (q, k))
-  # One segment per step: the weights come out as [batch * m, heads, l, l].
-  _, weights = _map_steps(lambda *xs: _step_forward(*xs, causal), (q, k, k),
-                          key_mask, 1, segment_len)
-  return weights.reshape(batch, num_segments, *weights.shape[1:])
+  """The forward's own saved weights, regrouped per segment."""
+  layout = _layout(q.shape, segment_len)
+  heads = q.shape[2]
+  _, (*_, weights, tail_weights) = _segment_attention_forward(
+      q, k, k, mask, segment_len, causal)
+  per_segment = []
+  if weights is not None:  # [steps, heads * step, l, l], heads-major
+    weights = weights.reshape(layout.batch, -1, heads, layout.step,
+                              segment_len, segment_len)
+    per_segment.append(jnp.swapaxes(weights, 2, 3).reshape(
+        layout.batch, layout.full_segments, heads, segment_len, segment_len))
+  if tail_weights is not None:  # [heads * batch, l, l]
+    tail_weights = tail_weights.reshape(heads, layout.batch, 1, segment_len,
+                                        segment_len)
+    per_segment.append(jnp.moveaxis(tail_weights, 0, 2))
+  return jnp.concatenate(per_segment, axis=1)
 
 
 def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,

@@ -21,7 +21,8 @@ def segments_per_step(request, monkeypatch):
   """segment_attention loops over steps of a few segments, sized by a score
   budget that small test inputs fit in one step; the budget is also cut to
   four segments of 3 heads x 8 x 8 scores (so 96 tokens take 3 steps of 4
-  segments, and 37 tokens, 5 segments, take 5 steps of 1)."""
+  segments per row, 37 tokens one step of 4 and a tail step of 5 positions,
+  and 45 tokens 5 steps of 1 and a tail of 5)."""
   if request.param is not None:
     monkeypatch.setattr(attention, '_STEP_SCORES', request.param * 3 * 8 * 8)
   return request.param
@@ -63,8 +64,8 @@ def _autodiff_segment_attention(q, k, v, segment_len, mask, causal):
   return attention.merge_segments(out, length)
 
 
-@pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (5, 8),
-                                               (96, 8)])
+@pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (45, 8),
+                                               (5, 8), (96, 8)])
 @pytest.mark.parametrize('use_mask', [False, True])
 @pytest.mark.parametrize('causal', [False, True])
 def test_segment_attention_gradients_match_autodiff(rng, length, segment_len,
@@ -287,15 +288,16 @@ def test_float64_inputs_keep_float64_precision(rng):
         rtol=1e-12, atol=1e-12)
 
 
-def test_weights_functions_are_what_the_attention_uses(rng):
-  q, k, v = _qkv(rng, 2, 29, 2, 4)
-  mask = _suffix_mask(rng, 2, 29)
+def test_weights_functions_are_what_the_attention_uses(rng,
+                                                     segments_per_step):
+  q, k, v = _qkv(rng, 2, 45, 3, 4)
+  mask = _suffix_mask(rng, 2, 45)
   weights = simmim_jax.segment_attention_weights(q, k, 8, mask=mask,
                                                  causal=True)
-  assert weights.shape == (2, 4, 2, 8, 8)
+  assert weights.shape == (2, 6, 3, 8, 8)
   v_seg = attention.split_segments(v, 8)
   rebuilt = attention.merge_segments(
-      jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg), 29)
+      jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg), 45)
   np.testing.assert_allclose(
       rebuilt, simmim_jax.segment_attention(q, k, v, 8, mask=mask, causal=True),
       rtol=1e-5, atol=1e-6)
