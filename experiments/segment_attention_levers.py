@@ -168,19 +168,9 @@ def _saved_output_step(q, k, v, out, d_out, weights):
 
 def _saved_output_backward(segment_len, residuals, d_out):
   q, k, v, out, weights = residuals
-  layout = attention._layout(q.shape, segment_len)
-
-  def step(grads, i_and_weights):
-    i, step_weights = i_and_weights
-    step_grads = _saved_output_step(
-        *(attention._read_step(x, layout, i) for x in (q, k, v, out, d_out)),
-        step_weights)
-    return tuple(attention._write_step(g, s, layout, i)
-                 for g, s in zip(grads, step_grads)), None
-
-  grads, _ = jax.lax.scan(step, tuple(jnp.zeros_like(x) for x in (q, k, v)),
-                          (jnp.arange(layout.num_steps), weights))
-  return grads
+  return attention._gradient_loop(_saved_output_step, (q, k, v, out, d_out),
+                                  weights,
+                                  attention._layout(q.shape, segment_len))
 
 
 saved_output_vjp.defvjp(_saved_output_forward, _saved_output_backward)

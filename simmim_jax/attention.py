@@ -318,21 +318,30 @@ def _step_backward(q, k, v, d_out, weights):
   return tuple(_unblock(g, heads) for g in (d_q, d_k, d_v))
 
 
+def _gradient_loop(step_backward, arrays, weights, layout):
+  """Gradients with respect to arrays[:3] (q, k, v: [batch, length, heads,
+  d]), zero outside the loop's steps and written in place step by step:
+  step_backward(*(step i of each array), weights[i]) -> three [step, l,
+  heads, d]."""
+  grads = tuple(jnp.zeros_like(x) for x in arrays[:3])
+  if not layout.num_steps:
+    return grads
+
+  def step(grads, i_and_weights):
+    i, step_weights = i_and_weights
+    step_grads = step_backward(
+        *(_read_step(x, layout, i) for x in arrays), step_weights)
+    return tuple(_write_step(g, s, layout, i)
+                 for g, s in zip(grads, step_grads)), None
+
+  return jax.lax.scan(step, grads, (jnp.arange(layout.num_steps), weights))[0]
+
+
 def _segment_attention_backward(segment_len, causal, residuals, d_out):
   del causal  # the weights already hold it
   q, k, v, mask, weights, tail_weights = residuals
   layout = _layout(q.shape, segment_len)
-  grads = tuple(jnp.zeros_like(x) for x in (q, k, v))
-  if layout.num_steps:
-    def step(grads, i_and_weights):
-      i, step_weights = i_and_weights
-      step_grads = _step_backward(
-          *(_read_step(x, layout, i) for x in (q, k, v, d_out)), step_weights)
-      return tuple(_write_step(g, s, layout, i)
-                   for g, s in zip(grads, step_grads)), None
-
-    grads, _ = jax.lax.scan(step, grads,
-                            (jnp.arange(layout.num_steps), weights))
+  grads = _gradient_loop(_step_backward, (q, k, v, d_out), weights, layout)
   if layout.tail:
     tail_grads = _step_backward(
         *(_read_tail(x, layout) for x in (q, k, v, d_out)), tail_weights)
