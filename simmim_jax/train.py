@@ -21,6 +21,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from simmim_jax import checkpoints
+from simmim_jax import cost
 from simmim_jax import data
 from simmim_jax import distill
 from simmim_jax import metrics as metrics_lib
@@ -242,6 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'wall_seconds': time.time() - start_time,
       'model_parameters': int(sum(np.prod(x.shape)
                                   for x in jax.tree.leaves(state.params))),
+      'forward_flops_per_example': forward_flops(model, state.params, cfg,
+                                                 task),
       'trainable_fraction': optim.trainable_fraction(state.params,
                                                      config.trainable),
   }
@@ -249,6 +252,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
       json.dump(results, f, indent=1)
   return state, results
+
+
+def forward_flops(model, params, cfg: ModelConfig, task: str) -> float:
+  """FLOPs of one example's forward pass at max_len (batches are padded to
+  it), counted on the traced program (cost.jaxpr_flops)."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        params)
+  inputs = steps.model_inputs(_dummy_inputs(cfg, task), task)
+  return cost.jaxpr_flops(lambda p, *x: model.apply({'params': p}, *x),
+                          shapes, *inputs)
 
 
 def _check_finite(sums: dict[str, Any], checkpointer) -> None:

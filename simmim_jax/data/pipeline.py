@@ -7,6 +7,8 @@ passes for evaluation. Token id 0 is padding; real ids are >= 1.
 """
 
 import dataclasses
+import fcntl
+import os
 from typing import Any, Iterator, Optional
 
 import grain
@@ -240,10 +242,19 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if builder.is_prepared():
     return builder
   if local and cfg.prepare:
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=cfg.manual_dir))
+    # Processes started together (a sweep's points) build it once: the
+    # others wait for the lock, then find it prepared.
+    os.makedirs(builder.data_dir_root, exist_ok=True)
+    lock_path = os.path.join(builder.data_dir_root,
+                             f'.{name.replace("/", "_")}.lock')
+    with open(lock_path, 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      builder = tfds.builder(name, data_dir=cfg.data_dir)
+      if not builder.is_prepared():
+        builder.download_and_prepare(
+            file_format='array_record',
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=cfg.manual_dir))
     return builder
   if local:
     command = (f"python -c \"import simmim_jax.data, tensorflow_datasets as "
