@@ -26,6 +26,7 @@ setuptools.setup(
         'grain>=0.2.12',
         'importlib_resources',  # tensorflow-datasets needs it without TF
         'jax>=0.10',
+        'matplotlib>=3.8',      # sweep summary plots
         'ml-collections>=1.0',
         'numpy>=1.26',
         'optax>=0.2.8',
@@ -35,7 +36,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10',
-                 'nbformat>=5.10', 'ipykernel>=6.29', 'matplotlib>=3.8'],
-        'notebooks': ['jupyter', 'matplotlib>=3.8'],
+                 'nbformat>=5.10', 'ipykernel>=6.29'],
+        'notebooks': ['jupyter'],
     },
 )

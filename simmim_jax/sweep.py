@@ -14,6 +14,7 @@ their checkpoints; a directory holding another config is refused.
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -81,6 +82,15 @@ class Point:
   argv: tuple[str, ...]         # `python -m experiments.train` arguments
   config: ml_collections.ConfigDict  # fully resolved, as training sees it
 
+  def train_args(self, workdir: str) -> list[str]:
+    """`-m experiments.train ...` for this point under the sweep `workdir`."""
+    return ['-m', 'experiments.train', *self.argv,
+            f'--workdir={os.path.join(workdir, self.name)}']
+
+  def command(self, workdir: str) -> str:
+    """The shell command that runs this point anywhere."""
+    return shlex.join(['python', *self.train_args(workdir)])
+
 
 def load_sweep(spec: str) -> list[dict[str, Any]]:
   """The points of `path/to/sweep.py[:variant]`."""
@@ -114,7 +124,7 @@ def point_name(overrides: Mapping[str, Any]) -> str:
   the last part of each key, plus a short hash when long or empty."""
   keys = sorted(overrides, key=lambda k: (k == 'seed', k))
   parts = [f'{k.rsplit(".", 1)[-1]}={cli_value(overrides[k])}' for k in keys]
-  name = re.sub(r'[^A-Za-z0-9_.=+-]+', '-', ','.join(parts)).strip('-')
+  name = re.sub(r'[^A-Za-z0-9_.=+-]+', '-', '-'.join(parts)).strip('-')
   if not name or len(name) > _MAX_NAME:
     digest = hashlib.sha1(json.dumps(
         {k: overrides[k] for k in keys}, sort_keys=True,
@@ -153,7 +163,8 @@ def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
                        '--config. flags; set it in one place')
     texts = [*base_overrides, *((k, cli_value(v)) for k, v in overrides.items())]
     try:
-      config = resolve_config(config_spec, texts)
+      # No progress bar: points write to log files.
+      config = resolve_config(config_spec, [*texts, ('progress', 'False')])
     except (flags.Error, AttributeError, KeyError, TypeError,
             ValueError) as error:
       raise ValueError(f'{label}: {_one_line(error)}') from None
@@ -220,15 +231,9 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def train_command(point: Point, workdir: str) -> list[str]:
-  return [sys.executable, '-m', 'experiments.train', *point.argv,
-          f'--workdir={os.path.join(workdir, point.name)}']
-
-
 def dry_run_commands(points: Sequence[Point], workdir: str) -> list[str]:
   """One shell command per point, for an external scheduler."""
-  return [shlex.join(['python', *train_command(p, workdir)[1:]])
-          for p in points]
+  return [p.command(workdir) for p in points]
 
 
 # --- Running -----------------------------------------------------------------
@@ -297,10 +302,12 @@ class SweepResult:
 
 def run_sweep(points: Sequence[Point], workdir: str, *, parallel: int = 1,
               target: Optional[tuple[str, float]] = None,
-              log: Callable[[str], None] = print) -> SweepResult:
+              log: Optional[Callable[[str], None]] = None) -> SweepResult:
   """Runs every unfinished point, `parallel` at a time; writes the summary
   after each finished point. SIGINT / SIGTERM stop the sweep once running
-  points have checkpointed (they get SIGTERM)."""
+  points have checkpointed (they get SIGTERM). `log` gets progress lines
+  (default: printed and flushed)."""
+  log = log or functools.partial(print, flush=True)
   os.makedirs(workdir, exist_ok=True)
   for point in points:
     mismatch = config_mismatch(point, os.path.join(workdir, point.name))
@@ -384,7 +391,8 @@ def _start(point: Point, workdir: str, share: dict[str, Any]):
     _die_with_parent()        # SIGKILL of the sweep ends its points too
     os.sched_setaffinity(0, cpus)
 
-  process = subprocess.Popen(train_command(point, workdir), stdout=log_file,
+  process = subprocess.Popen([sys.executable, *point.train_args(workdir)],
+                             stdout=log_file,
                              stderr=subprocess.STDOUT, env=env,
                              preexec_fn=in_child)
   return process, log_file

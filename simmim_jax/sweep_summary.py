@@ -19,11 +19,13 @@ import numpy as np
 from simmim_jax import checkpoints
 from simmim_jax import metrics as metrics_lib
 
+SPEC_FILE = 'sweep.json'
 # Numeric columns averaged over seeds, in the order the tables show them.
 GROUPED_COLUMNS = ('test_accuracy', 'test_bits_per_byte', 'best_value',
                    'final_eval_accuracy', 'final_eval_bits_per_byte',
                    'steps_to_target', 'train_seconds_to_target',
-                   'train_seconds', 'tokens_per_second', 'forward_gflops',
+                   'train_seconds', 'step_seconds', 'tokens_per_second',
+                   'forward_gflops',
                    'parameters')
 
 
@@ -42,8 +44,10 @@ def point_row(point, workdir: str, status: str,
   if train:
     row['last_step'] = train[-1]['step']
     row['train_seconds'] = _train_seconds(train, math.inf)
+    steady = train[1:] or train  # the first window includes compilation
+    row['step_seconds'] = float(np.median([r['step_seconds'] for r in steady]))
     row['tokens_per_second'] = float(np.median(
-        [r['tokens_per_second'] for r in train]))
+        [r['tokens_per_second'] for r in steady]))
   if target is not None:
     metric, value = target
     mode = (checkpoints.load_config(directory) or {}).get('best_mode', 'max')
@@ -136,6 +140,11 @@ def write_summary(workdir: str, points, statuses: dict[str, str], *,
   _atomic_write(os.path.join(workdir, 'summary.md'),
                 markdown_table(rows, columns) + '\n')
   groups = group_rows(rows, keys)
+  _atomic_write(os.path.join(workdir, SPEC_FILE), json.dumps(
+      {'override_keys': keys, 'target': target,
+       'points': {p.name: p.overrides for p in points},
+       'commands': {p.name: p.command(workdir) for p in points}},
+      indent=1, default=str))
   _atomic_write(os.path.join(workdir, 'summary_grouped.md'),
                 grouped_table(groups, keys, target) + '\n')
   if any(r['status'] == 'done' for r in rows):
@@ -160,7 +169,7 @@ def _fmt(value: Any) -> str:
   if value is None:
     return '-'
   if isinstance(value, float):
-    return f'{value:.4g}' if abs(value) < 1e5 else f'{value:.0f}'
+    return f'{value:.4g}' if abs(value) < 1000 else f'{value:.0f}'
   return str(value).replace('|', '/')
 
 
@@ -296,6 +305,13 @@ def status_line(statuses: dict[str, str]) -> str:
     counts[status] = counts.get(status, 0) + 1
   return f'{len(statuses)} points: ' + ', '.join(
       f'{n} {s}' for s, n in sorted(counts.items()))
+
+
+def load_spec(workdir: str) -> dict[str, Any]:
+  """DIR/sweep.json: the varied fields, the target, each point's overrides
+  and its train command."""
+  with open(os.path.join(workdir, SPEC_FILE)) as f:
+    return json.load(f)
 
 
 def load_summary(workdir: str) -> list[dict[str, Any]]:

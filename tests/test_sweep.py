@@ -1,0 +1,250 @@
+"""The sweep runner: points, names, validation, resume after kills, summary."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from simmim_jax import sweep
+from simmim_jax import sweep_summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = 'experiments/configs/listops.py:tiny'
+
+
+def test_helpers_build_points():
+  assert sweep.product({'a': [1, 2], 'b': ['x']}) == [
+      {'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]
+  assert sweep.zipped({'a': [1, 2], 'b': [3, 4]}) == [
+      {'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+  with pytest.raises(ValueError, match='different lengths'):
+    sweep.zipped({'a': [1, 2], 'b': [3]})
+  # Seed-major: every point's seed 0 before any seed 1.
+  assert sweep.with_seeds([{'a': 1}, {'a': 2}], 2) == [
+      {'a': 1, 'seed': 0}, {'a': 2, 'seed': 0},
+      {'a': 1, 'seed': 1}, {'a': 2, 'seed': 1}]
+
+
+def test_point_names_are_readable_stable_and_short():
+  name = sweep.point_name({'seed': 1, 'model.family': 'local'})
+  assert name == 'family=local-seed=1'
+  assert sweep.point_name({'model.family': 'local', 'seed': 1}) == name
+  long = {f'model.field_{i}': 'x' * 20 for i in range(5)}
+  assert len(sweep.point_name(long)) <= 80
+  assert sweep.point_name(long) != sweep.point_name({**long, 'seed': 0})
+  assert sweep.point_name({}).startswith('base-')
+
+
+@pytest.mark.parametrize('point, message', [
+    ({'model.famly': 'local'}, r"point 0 .*famly.*family"),
+    ({'num_steps': 'many'}, r"point 0 .*config.num_steps=many"),
+    ({'model.family': 'rnn'}, r"point 0 .*family must be one of"),
+    ({'model.segment_len': 0}, r"point 0 .*segment_len"),
+    ({'seed': 1.5}, r"point 0 .*seed"),
+    ({'model.state_key_dim': None}, r"point 0 .*state_key_dim"),
+])
+def test_bad_points_fail_before_anything_runs(point, message):
+  with pytest.raises(ValueError, match=message):
+    sweep.make_points(TINY, [point])
+
+
+def test_points_and_flags_must_not_collide():
+  with pytest.raises(ValueError, match='same directory name'):
+    sweep.make_points(TINY, [{'seed': 1}, {'seed': 1}])
+  with pytest.raises(ValueError, match=r"\['seed'\] set both"):
+    sweep.make_points(TINY, [{'seed': 1}], [('seed', '2')])
+
+
+def test_printed_commands_build_the_points_configs():
+  points = sweep.make_points(
+      TINY, [{'model.family': 'local', 'learning_rate': 3e-4,
+              'mesh.shape': (2, 1), 'model.exclude_self': False}],
+      [('num_steps', '700')])
+  command = shlex.split(sweep.dry_run_commands(points, 'runs/x')[0])
+  assert command[:3] == ['python', '-m', 'experiments.train']
+  flags = [a for a in command[3:] if a.startswith('--config.')]
+  assert command[3] == f'--config={TINY}'
+  rebuilt = sweep.resolve_config(
+      TINY, [tuple(f[len('--config.'):].split('=', 1)) for f in flags])
+  assert rebuilt.to_json() == points[0].config.to_json()
+  assert rebuilt.learning_rate == 3e-4 and rebuilt.num_steps == 700
+  assert rebuilt.mesh.shape == (2, 1) and not rebuilt.model.exclude_self
+
+
+def test_a_directory_of_another_config_is_refused(tmp_path):
+  point, = sweep.make_points(TINY, [{'seed': 3}])
+  directory = tmp_path / point.name
+  directory.mkdir()
+  other, = sweep.make_points(TINY, [{'seed': 3}], [('num_steps', '900')])
+  (directory / 'config.json').write_text(other.config.to_json())
+  with pytest.raises(ValueError, match=r'seed=3 .*num_steps: saved 900'):
+    sweep.run_sweep([point], str(tmp_path))
+  assert sorted(os.listdir(directory)) == ['config.json']  # untouched
+
+
+def test_target_parsing():
+  assert sweep_summary.parse_target('eval_accuracy:0.4') == (
+      'eval_accuracy', 0.4)
+  for bad in ('accuracy:0.4', 'eval_accuracy', 'eval_accuracy:x'):
+    with pytest.raises(ValueError, match='target'):
+      sweep_summary.parse_target(bad)
+
+
+# --- A real sweep, interrupted twice ----------------------------------------
+
+_SWEEP_FILE = '''
+from simmim_jax import sweep
+
+def get_sweep(variant=''):
+  points = sweep.with_seeds(sweep.product({'model.family': ['simmim', 'local']}),
+                            2)
+  # Not prepared in the test data dir (and prepare=False): this one fails.
+  return points + [{'data.builder_config': 'small', 'seed': 0}]
+'''
+
+
+def _sweep_command(sweep_file, workdir, data_dir):
+  return [sys.executable, '-m', 'experiments.sweep', f'--config={TINY}',
+          f'--sweep={sweep_file}', f'--workdir={workdir}', '--parallel=2',
+          '--target=eval_accuracy:0.1',
+          f'--config.data.data_dir={data_dir}', '--config.data.prepare=False',
+          '--config.data.max_len=64', '--config.model.d_model=32',
+          '--config.model.num_heads=2', '--config.model.num_layers=1',
+          '--config.model.mlp_dim=64', '--config.batch_size=8',
+          '--config.eval_batch_size=200', '--config.num_steps=8',
+          '--config.warmup_steps=1', '--config.log_every=2',
+          '--config.eval_every=4', '--config.checkpoint_every=4',
+          '--config.data.eval_splits=("validation",)', '--config.test_split=']
+
+
+def _wait_for(predicate, process, timeout=240):
+  start = time.time()
+  while not predicate():
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    assert time.time() - start < timeout
+    time.sleep(0.1)
+
+
+def _done(workdir):
+  return sorted(p for p in os.listdir(workdir)
+                if os.path.exists(os.path.join(workdir, p, 'results.json')))
+
+
+@pytest.fixture(scope='module')
+def killed_sweep(tmp_path_factory, data_dir):
+  """Runs the sweep, SIGTERMs it, SIGKILLs it, then lets it finish."""
+  sweep_file = tmp_path_factory.mktemp('elsewhere') / 'my_sweep.py'
+  sweep_file.write_text(_SWEEP_FILE)
+  workdir = str(tmp_path_factory.mktemp('sweep'))
+  command = _sweep_command(sweep_file, workdir, data_dir)
+  env = {**os.environ, 'PYTHONPATH': ROOT}
+  runs = []
+
+  def start():
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+  # 1: SIGTERM once points train: they checkpoint, the sweep exits 143.
+  process = start()
+  _wait_for(lambda: any(os.path.exists(os.path.join(workdir, p,
+                                                    'metrics.jsonl'))
+                        for p in os.listdir(workdir)), process)
+  process.send_signal(signal.SIGTERM)
+  runs.append((process.communicate(timeout=120)[0], process.returncode))
+  # 2: SIGKILL mid-way; its points die with it.
+  process = start()
+  before = len(_done(workdir))
+  _wait_for(lambda: len(_done(workdir)) > before, process)
+  finished = {name: os.path.getmtime(os.path.join(workdir, name,
+                                                  'results.json'))
+              for name in _done(workdir)}
+  process.kill()
+  process.wait()
+  runs.append(('', process.returncode))
+  time.sleep(1.0)
+  # 3: to the end.
+  process = start()
+  runs.append((process.communicate(timeout=300)[0], process.returncode))
+  return {'workdir': workdir, 'runs': runs, 'finished_before_kill': finished,
+          'command': command}
+
+
+def test_sigterm_stops_the_sweep_cleanly(killed_sweep):
+  output, returncode = killed_sweep['runs'][0]
+  assert returncode == 143, output[-3000:]
+  assert 'stopping after the running points checkpoint' in output
+
+
+def test_rerun_after_sigkill_finishes_without_retraining(killed_sweep):
+  workdir = killed_sweep['workdir']
+  output, returncode = killed_sweep['runs'][2]
+  assert returncode == 1, output[-3000:]  # the one failing point
+  assert '4 done, 1 failed' in output
+  for name, mtime in killed_sweep['finished_before_kill'].items():
+    assert os.path.getmtime(os.path.join(workdir, name,
+                                         'results.json')) == mtime, name
+  # No point process outlived the killed sweep (each run's log shows one
+  # start of every point the last run did not skip).
+  for name in os.listdir(workdir):
+    metrics = os.path.join(workdir, name, 'metrics.jsonl')
+    if os.path.exists(metrics):
+      steps = [json.loads(l)['step'] for l in open(metrics) if 'train_loss' in l]
+      assert steps == [2, 4, 6, 8], (name, steps)
+
+
+def test_summary_rows_and_seed_groups(killed_sweep):
+  workdir = killed_sweep['workdir']
+  rows = sweep_summary.load_summary(workdir)
+  assert len(rows) == 5
+  good = [r for r in rows if r['status'] == 'done']
+  assert len(good) == 4
+  for row in good:
+    assert 0 <= row['final_eval_accuracy'] <= 1
+    assert row['steps'] == 8 and row['parameters'] > 0
+    assert row['forward_gflops'] > 0 and row['tokens_per_second'] > 0
+    assert row['steps_to_target'] in (4, 8, None)
+  failed, = [r for r in rows if r['status'] == 'failed']
+  assert failed['data.builder_config'] == 'small'
+  assert 'FileNotFoundError' in failed['error']
+  assert 'not prepared' in failed['error']
+  grouped = open(os.path.join(workdir, 'summary_grouped.md')).read()
+  lines = [l for l in grouped.splitlines() if l.startswith('| 2/2 |')]
+  assert len(lines) == 2 and all('+-' in l for l in lines), grouped
+  assert '| 0/1 |' in grouped
+  header = open(os.path.join(workdir, 'summary.csv')).readline()
+  assert header.startswith('name,model.family,data.builder_config,seed,status')
+  for plot in ('summary_best_value.png', 'curves.png'):
+    assert os.path.getsize(os.path.join(workdir, plot)) > 1000
+
+
+def test_summarize_only_rebuilds_the_same_rows(killed_sweep):
+  workdir = killed_sweep['workdir']
+  before = json.load(open(os.path.join(workdir, 'summary.json')))
+  os.remove(os.path.join(workdir, 'summary.json'))
+  output = subprocess.run(
+      [*killed_sweep['command'], '--summarize_only'], cwd=ROOT,
+      capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ROOT},
+      check=True).stdout
+  assert '4 done, 1 failed' in output
+  assert json.load(open(os.path.join(workdir, 'summary.json'))) == before
+
+
+def test_ablations_notebook_runs_on_the_sweep(killed_sweep, monkeypatch):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  monkeypatch.setenv('SIMMIM_SWEEP_DIR', killed_sweep['workdir'])
+  path = os.path.join(ROOT, 'notebooks', 'ablations.ipynb')
+  notebook = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
+                          resources={'metadata': {
+                              'path': os.path.dirname(path)}}).execute()
+  outputs = [o for cell in notebook.cells for o in cell.get('outputs', [])]
+  assert not [o for o in outputs if o.get('output_type') == 'error']
+  text = ''.join(o.get('text', '') for o in outputs)
+  assert 'family=simmim' in text or 'simmim' in text
+  assert any('image/png' in o.get('data', {}) for o in outputs)
