@@ -4,17 +4,22 @@ r"""Does a long process slow down? Step time and page faults over one run.
   SIMMIM_JAX_TUNE_MALLOC=0 python -m experiments.long_process ...  # glibc's
                                                                    # defaults
 
-In one process: `segment_attention` forward+backward at 8192 tokens (median
-of --repeats calls, minor page faults per call), then a training run of
---steps steps of `listops.py:tiny` (train_and_evaluate, in this process),
-then the same `segment_attention` calls again. Writes DIR/long_process.json
-and prints the training's step time per logged window against the first,
-and the attention's time and faults before and after.
+In one process: `segment_attention` forward+backward at 8192 tokens, then a
+training run of --steps steps of `listops.py:tiny` (train_and_evaluate, in
+this process), then the same attention again. Single timings on a shared VM
+vary by tens of percent from call to call, so "again" alternates --rounds
+rounds in this process with rounds in a fresh process started at that
+moment (`--attention_only`): the two are compared side by side, round by
+round. Each round is the median of --repeats calls. Writes
+DIR/long_process.json and prints the training's step time per logged window
+and the attention rounds.
 """
 
 import json
 import os
 import resource
+import subprocess
+import sys
 import time
 
 from absl import app
@@ -35,8 +40,11 @@ import numpy as np
 _WORKDIR = flags.DEFINE_string('workdir', None, 'output directory')
 _STEPS = flags.DEFINE_integer('steps', 5000, 'training steps in the process')
 _LENGTH = flags.DEFINE_integer('length', 8192, 'segment_attention length')
-_REPEATS = flags.DEFINE_integer('repeats', 9, 'timed attention calls')
-flags.mark_flags_as_required(['workdir'])
+_REPEATS = flags.DEFINE_integer('repeats', 9, 'timed calls per round')
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'attention rounds per side')
+_ATTENTION_ONLY = flags.DEFINE_bool(
+    'attention_only', False, 'print one round of attention timing as JSON '
+    '(the fresh-process side); no training')
 
 
 def _faults() -> int:
@@ -64,9 +72,23 @@ def attention_calls(length: int, repeats: int) -> dict[str, float]:
               resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def fresh_process_round(length: int, repeats: int) -> dict[str, float]:
+  """One `attention_calls` round in a new Python process."""
+  output = subprocess.run(
+      [sys.executable, '-m', 'experiments.long_process', '--attention_only',
+       f'--length={length}', f'--repeats={repeats}'],
+      capture_output=True, text=True, check=True).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _ATTENTION_ONLY.value:
+    print(json.dumps(attention_calls(_LENGTH.value, _REPEATS.value)))
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError('--workdir is required')
   workdir = os.path.abspath(_WORKDIR.value)
   run_dir = os.path.join(workdir, 'train')
   if os.path.exists(os.path.join(run_dir, 'results.json')):
@@ -81,27 +103,41 @@ def main(argv):
   train_faults = _faults()
   train.train_and_evaluate(config, run_dir)
   train_faults = _faults() - train_faults
-  after = attention_calls(_LENGTH.value, _REPEATS.value)
+  after, fresh = [], []
+  for _ in range(_ROUNDS.value):
+    after.append(attention_calls(_LENGTH.value, _REPEATS.value))
+    fresh.append(fresh_process_round(_LENGTH.value, _REPEATS.value))
   windows = [(r['step'], r['step_seconds'])
              for r in metrics_lib.read_metrics(run_dir) if 'step_seconds' in r]
   report = {'malloc_settings': dict(allocator.applied),
             'attention_before': before, 'attention_after': after,
+            'attention_fresh_process': fresh,
             'train_windows': windows,
             'train_faults_per_step': train_faults / _STEPS.value}
   with open(os.path.join(workdir, 'long_process.json'), 'w') as f:
     json.dump(report, f, indent=1)
   print(f'malloc settings: {allocator.applied or "glibc defaults"}')
-  reference = windows[1][1] if len(windows) > 1 else windows[0][1]
-  print('train step ms by window (the first includes compilation):')
-  for step, seconds in windows:
-    if step in (100, 200, 500) or step % 1000 == 0:
-      print(f'  step {step:5d}: {1e3 * seconds:7.2f} ms '
-            f'({seconds / reference:.2f}x step 200)')
+  print('train step ms, median (min-max) of the logged windows in each '
+        'range (the first window, with compilation, left out):')
+  edges = [100, 500] + list(range(1000, _STEPS.value + 1, 1000))
+  for low, high in zip(edges, edges[1:]):
+    times = [1e3 * t for step, t in windows[1:] if low < step <= high]
+    if times:
+      print(f'  steps {low:5d}-{high:5d}: {np.median(times):7.1f} '
+            f'({min(times):.1f}-{max(times):.1f})')
   print(f'train: {report["train_faults_per_step"]:.0f} minor faults per step')
-  for name, row in (('fresh', before), (f'after {_STEPS.value} steps', after)):
-    print(f'segment_attention fwd+bwd at {_LENGTH.value}, {name}: '
-          f'{row["ms"]:.1f} ms, {row["faults_per_call"]:.0f} faults per call, '
-          f'max RSS {row["max_rss_mib"]:.0f} MiB')
+  print(f'segment_attention fwd+bwd at {_LENGTH.value} before training: '
+        f'{before["ms"]:.1f} ms, {before["faults_per_call"]:.0f} faults per '
+        'call')
+  print(f'after {_STEPS.value} steps, round by round (ms, faults per call): '
+        'this process | a fresh process')
+  for ours, theirs in zip(after, fresh):
+    print(f'  {ours["ms"]:7.1f} {ours["faults_per_call"]:6.0f} | '
+          f'{theirs["ms"]:7.1f} {theirs["faults_per_call"]:6.0f}')
+  ratio = (np.median([r['ms'] for r in after])
+           / np.median([r['ms'] for r in fresh]))
+  print(f'median of rounds, this process / fresh process: {ratio:.2f}; '
+        f'max RSS {after[-1]["max_rss_mib"]:.0f} MiB')
 
 
 if __name__ == '__main__':

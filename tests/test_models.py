@@ -179,23 +179,27 @@ def test_ablation_switches_change_parameters_and_outputs(rng):
   base = _config()
 
   def run(**change):
-    cfg = dataclasses.replace(base, **change)
-    model = simmim_jax.Classifier(cfg)
-    params = _init(model, tokens)
-    return params, jax.jit(model.apply)(params, tokens)
+    model = simmim_jax.Classifier(dataclasses.replace(base, **change))
+    # One compile per variant: init and apply in one program.
+    return jax.jit(lambda key: model.apply(model.init(key, tokens), tokens))(
+        jax.random.key(0))
 
-  base_params, base_out = run()
+  def param_shapes(**change):
+    model = simmim_jax.Classifier(dataclasses.replace(base, **change))
+    return jax.eval_shape(model.init, jax.random.key(0), tokens)['params']
+
+  base_out = run()
   for change in ({'exclude_self': False}, {'ffn_merge': False},
                  {'segment_states': False}, {'per_level_weights': False},
                  {'num_levels': 1}, {'pooling': 'mean'},
                  {'positions': 'sinusoidal'}, {'state_key_dim': 8}):
-    _, out = run(**change)
-    assert not np.allclose(out, base_out), change
-  no_merge, _ = run(ffn_merge=False)
-  assert 'merge_ffn' not in no_merge['params']['encoder']['blocks'][
-      'state_merge']
-  shared, _ = run(per_level_weights=False)
-  assert shared['params']['pool']['kernel'].value.ndim == 2
+    assert not np.allclose(run(**change), base_out), change
+  assert 'merge_ffn' in param_shapes()['encoder']['blocks']['state_merge']
+  assert 'merge_ffn' not in param_shapes(ffn_merge=False)['encoder'][
+      'blocks']['state_merge']
+  assert param_shapes()['pool']['kernel'].value.ndim == 3
+  assert param_shapes(per_level_weights=False)['pool'][
+      'kernel'].value.ndim == 2
 
 
 def test_bad_model_inputs(rng):

@@ -99,7 +99,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(
   killed_at = []  # steps logged when each kill landed
   while True:
     process = _start_worker(tmp_path, data_dir, 30)
-    if len(killed_at) < 3:
+    if len(killed_at) < 2:
       # Wait for training to start, then kill at a random moment of it.
       start = len(metrics_lib.read_metrics(str(tmp_path)))
       while (process.poll() is None and
@@ -114,7 +114,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(
         continue
     _finish(process)
     break
-  assert len(killed_at) == 3, killed_at
+  assert len(killed_at) == 2, killed_at
   assert any(0 < step < 30 for step in killed_at), killed_at
   _assert_identical(_params(tmp_path), uninterrupted)
   steps_logged = [r['step'] for r in metrics_lib.read_metrics(str(tmp_path))
