@@ -11,6 +11,10 @@ from simmim_jax.attention import segment_attention_weights
 from simmim_jax.attention import segment_state_attention
 from simmim_jax.attention import segment_state_weights
 from simmim_jax.config import ModelConfig
+from simmim_jax.decoding import decode_step
+from simmim_jax.decoding import generate
+from simmim_jax.decoding import init_cache
+from simmim_jax.decoding import sample_logits
 from simmim_jax.hierarchy import AGGREGATORS
 from simmim_jax.hierarchy import aggregator_params_spec
 from simmim_jax.hierarchy import hierarchical_aggregate

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from simmim_jax import attention
+from simmim_jax import decode_cache
 from simmim_jax import hierarchy
 from simmim_jax.template_layer import TemplateAttention
 from simmim_jax.config import ModelConfig
@@ -52,13 +53,18 @@ class Mlp(nn.Module):
 class SelfAttention(nn.Module):
   """Multi-head projections around segment attention (or full attention).
 
-  x: [batch, length, embed] -> [batch, length, embed].
+  x: [batch, length, embed] -> [batch, length, embed]. With `positions`
+  (causal only) it also keeps a decoding cache, see `SMIBlock`: prefill
+  returns (out, cache), decode takes x [batch, 1, embed] and the cache and
+  returns (out, new cache).
   """
   config: ModelConfig
   causal: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array],
+               positions: Optional[jax.Array] = None,
+               cache: Optional[dict] = None):
     cfg = self.config
     project = lambda name: nn.DenseGeneral(
         (cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
@@ -66,6 +72,13 @@ class SelfAttention(nn.Module):
         kernel_init=dense_init('embed', 'heads', 'kv'),
         name=name)
     q, k, v = project('query')(x), project('key')(x), project('value')(x)
+    out_projection = nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
+        param_dtype=cfg.storage_dtype, use_bias=False,
+        kernel_init=dense_init('heads', 'kv', 'embed'), name='out')
+    if positions is not None:
+      out, cache = self._cached(q, k, v, positions, cache)
+      return out_projection(out), cache
     # Kept only when 'intermediates' is mutable (see attention_maps.py).
     self.sow('intermediates', 'queries', q)
     self.sow('intermediates', 'keys', k)
@@ -77,11 +90,37 @@ class SelfAttention(nn.Module):
     else:
       out = attention.segment_attention(q, k, v, cfg.segment_len, mask=mask,
                                         causal=self.causal)
-    return nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
-        param_dtype=cfg.storage_dtype, use_bias=False,
-        kernel_init=dense_init('heads', 'kv', 'embed'),
-        name='out')(out)
+    return out_projection(out)
+
+  def _cached(self, q, k, v, positions, cache):
+    """Prefill (cache None: q, k, v hold each row's prompt, `positions` its
+    length) or one decoding step (q, k, v: [batch, 1, heads, head_dim] at
+    `positions`). Slots: the whole context for 'transformer', the current
+    segment for the segment families."""
+    cfg = self.config
+    if not self.causal:
+      raise ValueError('a decoding cache needs a causal model')
+    if cfg.attention_kind == 'templates':
+      return TemplateAttention(cfg, self.causal, name='templates')(
+          q, k, v, None, positions=positions, cache=cache)
+    full = cfg.family == 'transformer'
+    if cache is None:
+      out = (attention.full_attention(q, k, v, causal=True) if full else
+             attention.segment_attention(q, k, v, cfg.segment_len,
+                                         causal=True))
+      if full:
+        return out, {'keys': k, 'values': v}
+      # The segment the next token falls in: it starts at a multiple of l.
+      start = positions // cfg.segment_len * cfg.segment_len
+      return out, {
+          'keys': decode_cache.read_window(k, start, cfg.segment_len),
+          'values': decode_cache.read_window(v, start, cfg.segment_len)}
+    slot = positions if full else positions % cfg.segment_len
+    keys = decode_cache.write_slot(cache['keys'], k[:, 0], slot)
+    values = decode_cache.write_slot(cache['values'], v[:, 0], slot)
+    allowed = jnp.arange(keys.shape[1])[None, :] <= slot[:, None]
+    out = decode_cache.cached_attention(q[:, 0], keys, values, allowed)
+    return out[:, None], {'keys': keys, 'values': values}
 
 
 class SegmentStateMerge(nn.Module):
@@ -99,32 +138,73 @@ class SegmentStateMerge(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array],
+               positions: Optional[jax.Array] = None,
+               cache: Optional[dict] = None):
     cfg = self.config
     batch, length, dim = x.shape
-    segments = attention.split_segments(x, cfg.segment_len)
-    states = segments[:, :, -1 if self.causal else 0]  # [batch, m, embed]
-    segment_mask = attention.segment_mask(mask, batch, length, cfg.segment_len)
-    states = layer_norm(cfg, 'state_norm')(states)
-    self.sow('intermediates', 'states', states)
-
+    norm = layer_norm(cfg, 'state_norm')
     key_dim = cfg.state_key_dim or dim
     weight = lambda name, shape, axes: self.param(
         name, dense_init(*axes), shape, cfg.storage_dtype)
     w_q = weight('w_q', (dim, key_dim), ('embed', 'state_kv'))
     w_k = weight('w_k', (dim, key_dim), ('embed', 'state_kv'))
     w_v = weight('w_v', (dim, dim), ('embed', 'state_embed'))
+    merge = lambda new_states: (Mlp(cfg, name='merge_ffn')(
+        new_states, deterministic=self.deterministic) if cfg.ffn_merge
+                                else new_states)
+    if cache is not None:
+      return self._decode_step(x, positions, cache, norm, w_q, w_k, w_v,
+                               merge)
+
+    segments = attention.split_segments(x, cfg.segment_len)
+    states = segments[:, :, -1 if self.causal else 0]  # [batch, m, embed]
+    segment_mask = attention.segment_mask(mask, batch, length, cfg.segment_len)
+    states = norm(states)
+    self.sow('intermediates', 'states', states)
     new_states = attention.segment_state_attention(
         states, w_q, w_k, w_v, mask=segment_mask, causal=self.causal,
         exclude_self=cfg.exclude_self)
-    if cfg.ffn_merge:
-      update = Mlp(cfg, name='merge_ffn')(new_states,
-                                          deterministic=self.deterministic)
-    else:
-      update = new_states
+    update = merge(new_states)  # [batch, m, embed]: what segment i gives
     if self.causal:
+      given = update
       update = jnp.pad(update[:, :-1], ((0, 0), (1, 0), (0, 0)))
-    return jnp.repeat(update, cfg.segment_len, axis=1)[:, :length]
+    update = jnp.repeat(update, cfg.segment_len, axis=1)[:, :length]
+    if positions is None:
+      return update
+    # Prefill: states of the segments each prompt finished, and the merge
+    # of the segment its next token falls in (none for segment 0).
+    finished = positions // cfg.segment_len
+    last = jnp.take_along_axis(given, jnp.maximum(finished - 1, 0)[:, None,
+                                                                   None],
+                               axis=1)[:, 0]
+    return update, {
+        'state_keys': states @ w_k.astype(states.dtype),
+        'state_values': states @ w_v.astype(states.dtype),
+        'merge': jnp.where((finished > 0)[:, None], last, 0).astype(
+            update.dtype)}
+
+  def _decode_step(self, x, positions, cache, norm, w_q, w_k, w_v, merge):
+    """x: [batch, 1, embed] at `positions`. The token that ends a segment
+    turns it into a state: the state attends to the finished ones, and its
+    merge replaces the cached one for the segment that follows."""
+    if not self.causal:
+      raise ValueError('a decoding cache needs a causal model')
+    segment_len = self.config.segment_len
+    segment = positions // segment_len
+    finishing = positions % segment_len == segment_len - 1
+    state = norm(x[:, 0])  # [batch, embed]
+    new_state = decode_cache.state_query(state, cache['state_keys'],
+                                         cache['state_values'], w_q, segment)
+    write = lambda buffer, value: decode_cache.write_slot(
+        buffer, value, segment, finishing)
+    return cache['merge'][:, None], {
+        'state_keys': write(cache['state_keys'],
+                            state @ w_k.astype(state.dtype)),
+        'state_values': write(cache['state_values'],
+                              state @ w_v.astype(state.dtype)),
+        'merge': jnp.where(finishing[:, None], merge(new_state),
+                           cache['merge']).astype(cache['merge'].dtype)}
 
 
 class SMIBlock(nn.Module):
@@ -133,24 +213,42 @@ class SMIBlock(nn.Module):
   With family 'simmim' this is the SMI block; 'local' drops the state merge
   and 'transformer' uses full attention, so the baselines differ from SimMIM
   only in token mixing. Returns (x, None) so it can be scanned over layers.
+
+  Decoding (causal blocks): with `positions` [batch] int and no cache, x
+  holds each row's prompt and `positions` its length (prefill); with a cache,
+  x [batch, 1, embed] holds each row's token at `positions` (one step).
+  Both return (x, this layer's cache): {'attention': keys and values (or
+  template running softmaxes), 'state_merge': states of finished segments
+  and the current segment's merge (simmim)}.
   """
   config: ModelConfig
   causal: bool = False
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array]):
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array],
+               positions: Optional[jax.Array] = None,
+               cache: Optional[dict] = None):
     cfg = self.config
     dropout = lambda y: nn.Dropout(cfg.dropout_rate)(
         y, deterministic=self.deterministic)
-    x = x + dropout(SelfAttention(cfg, self.causal, name='attention')(
-        layer_norm(cfg, 'attention_norm')(x), mask))
+    new_cache = {}
+
+    def mix(module, y):
+      if positions is None:
+        return module(y, mask)
+      out, new_cache[module.name] = module(
+          y, mask, positions, None if cache is None else cache[module.name])
+      return out
+
+    x = x + dropout(mix(SelfAttention(cfg, self.causal, name='attention'),
+                        layer_norm(cfg, 'attention_norm')(x)))
     if cfg.uses_segment_states:
-      x = x + dropout(SegmentStateMerge(
-          cfg, self.causal, self.deterministic, name='state_merge')(x, mask))
+      x = x + dropout(mix(SegmentStateMerge(
+          cfg, self.causal, self.deterministic, name='state_merge'), x))
     x = x + dropout(Mlp(cfg, name='mlp')(layer_norm(cfg, 'mlp_norm')(x),
                                          deterministic=self.deterministic))
-    return x, None
+    return x, (None if positions is None else new_cache)
 
 
 class GlobalPool(nn.Module):

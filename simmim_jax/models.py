@@ -37,14 +37,23 @@ class Encoder(nn.Module):
 
   tokens: [batch, length] int; mask: [batch, length] bool (True = real).
   Returns [batch, length, embed].
+
+  Decoding (causal encoders; see `layers.SMIBlock` and decoding.py): with
+  `positions` [batch] int it returns (outputs, cache), the cache stacked over
+  layers on axis 0. Without `cache`, tokens are each row's prompt and
+  `positions` their lengths (prefill); with it, tokens [batch, 1] are each
+  row's token at `positions` (one step).
   """
   config: ModelConfig
   causal: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True,
+               positions: Optional[jax.Array] = None,
+               cache: Optional[dict] = None):
     cfg = self.config
+    stepping = cache is not None
     checks.rank(tokens, 2, 'tokens', '[batch, length]')
     batch, length = tokens.shape
     if length > cfg.max_len:
@@ -64,9 +73,11 @@ class Encoder(nn.Module):
           nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                        ('position', 'embed')),
           (cfg.max_len, cfg.d_model), cfg.storage_dtype)
-      x = x + table[:length].astype(x.dtype)
     else:
-      x = x + sinusoidal_positions(length, cfg.d_model).astype(x.dtype)
+      table = jnp.asarray(sinusoidal_positions(cfg.max_len, cfg.d_model))
+    # A step's token sits at its row's position; otherwise at 0..length-1.
+    x = x + (table[positions][:, None] if stepping
+             else table[:length]).astype(x.dtype)
     # A zero-valued hook whose gradient is the gradient w.r.t. the input
     # embeddings (causality and attribution checks). Left out of init so
     # parameters do not depend on the input length; create it with
@@ -76,17 +87,27 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     block = layers.SMIBlock
-    if cfg.remat:
+    if cfg.remat and positions is None:  # remat only matters in backprop
       block = nn.remat(block, prevent_cse=False)
     per_layer = ('params', 'intermediates', 'losses', template_layer.STATS,
                  template_layer.PARAM_UPDATES, template_layer.CACHE)
+    # The cache is scanned over (axis 0: one per layer); the rest is shared.
+    in_axes = ((nn.broadcast, nn.broadcast, 0) if stepping
+               else nn.broadcast)
     stack = nn.scan(
         block, variable_axes={name: 0 for name in per_layer},
         split_rngs={'params': True, 'dropout': True, 'templates': True},
-        in_axes=nn.broadcast,
+        in_axes=in_axes,
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(cfg, self.causal, deterministic, name='blocks')(x, mask)
-    return layers.layer_norm(cfg, 'final_norm')(x)
+    blocks = stack(cfg, self.causal, deterministic, name='blocks')
+    if positions is None:
+      x, _ = blocks(x, mask)
+      return layers.layer_norm(cfg, 'final_norm')(x)
+    if stepping:
+      x, cache = blocks(x, mask, positions, cache)
+    else:
+      x, cache = blocks(x, mask, positions)
+    return layers.layer_norm(cfg, 'final_norm')(x), cache
 
 
 class _PooledEncoder(nn.Module):
@@ -131,22 +152,31 @@ class DualEncoderClassifier(_PooledEncoder):
 class CausalLM(nn.Module):
   """Causal encoder -> [batch, length, vocab] float32 next-token logits.
 
-  Output t depends on tokens <= t only, for every family.
+  Output t depends on tokens <= t only, for every family. With `positions`
+  (and `cache`) it returns (logits, cache): the prefill and decoding steps of
+  `Encoder`, which decoding.py builds generation from.
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True,
+               positions: Optional[jax.Array] = None,
+               cache: Optional[dict] = None):
     cfg = self.config
     x = Encoder(cfg, causal=True, name='encoder')(
-        tokens, mask, deterministic=deterministic)
+        tokens, mask, deterministic=deterministic, positions=positions,
+        cache=cache)
+    if positions is not None:
+      x, cache = x
     logits = nn.Dense(
         cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
         kernel_init=layers.dense_init('embed', 'vocab'),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
                                                ('vocab',)),
         name='lm_head')(x)
+    if positions is not None:
+      return logits.astype(jnp.float32), cache
     return logits.astype(jnp.float32)
 
 

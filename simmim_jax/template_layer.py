@@ -16,6 +16,8 @@ from simmim_jax.config import ModelConfig
 STATS = 'template_stats'
 PARAM_UPDATES = 'param_updates'
 CACHE = 'template_cache'
+# The decoding cache of causal template attention (templates.py).
+_RUNNING = ('template_max', 'template_total', 'template_weighted')
 
 
 class TemplateAttention(nn.Module):
@@ -43,17 +45,24 @@ class TemplateAttention(nn.Module):
       stored; when given, they answer the queries instead of k and v: later
       queries attend to the cached context (memory-in-memory inference).
   q, k, v: [batch, length, heads, head_dim] -> same shape.
+
+  Decoding (causal, `positions` given, see `SMIBlock`): the cache is every
+  template's running softmax (max, total, weighted) over the current segment
+  (the whole context for 'transformer'), O(K * head_dim) per head: prefill
+  returns (out, cache); a step takes q, k, v [batch, 1, heads, head_dim].
   """
   config: ModelConfig
   causal: bool = False
 
   @nn.compact
-  def __call__(self, q, k, v, mask):
+  def __call__(self, q, k, v, mask, positions=None, cache=None):
     cfg = self.config
     library = self.param(
         'library', nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                 ('heads', 'templates', 'kv')),
         (cfg.num_heads, cfg.num_templates, cfg.head_dim), cfg.storage_dtype)
+    if cache is not None:
+      return self._decode_step(library, q, k, v, positions, cache)
     ema = cfg.template_update == 'ema'
     templates = jax.lax.stop_gradient(library) if ema else library
     assignments = templates_lib.assign_templates(jax.lax.stop_gradient(q),
@@ -69,10 +78,29 @@ class TemplateAttention(nn.Module):
     if self.is_mutable_collection(STATS):
       self._update_library(library, q, assignments, mask)
     if self.causal:
-      return template_learning.route_per_position(routing, outputs).astype(
+      out = template_learning.route_per_position(routing, outputs).astype(
           q.dtype)
+      if positions is None:
+        return out
+      start = (jnp.zeros_like(positions) if segment_len is None
+               else positions // segment_len * segment_len)
+      return out, dict(zip(_RUNNING, templates_lib.causal_template_state(
+          library, k, v, start=start, stop=positions)))
     return template_learning.route(routing, outputs, segment_len).astype(
         q.dtype)
+
+  def _decode_step(self, library, q, k, v, positions, cache):
+    """q, k, v: [batch, 1, heads, head_dim] at `positions` [batch]."""
+    cfg = self.config
+    reset = (positions == 0 if cfg.family == 'transformer'
+             else positions % cfg.segment_len == 0)
+    state, outputs = templates_lib.causal_template_step(
+        library, tuple(cache[name] for name in _RUNNING), k[:, 0], v[:, 0],
+        reset=reset)
+    assignments = templates_lib.assign_templates(q, library)  # [b, 1, heads]
+    out = jnp.take_along_axis(outputs, assignments[:, 0, :, None, None],
+                              axis=2)[:, :, 0]
+    return out[:, None].astype(q.dtype), dict(zip(_RUNNING, state))
 
   def _outputs(self, templates, k, v, mask, segment_len):
     """Template outputs of this context, or of the cached one."""

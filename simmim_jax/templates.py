@@ -179,10 +179,8 @@ def causal_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
     segment_len = checks.positive_int(segment_len, 'segment_len')
     key_mask = segment_key_mask(mask, batch, length, segment_len)
     k, v = split_segments(k, segment_len), split_segments(v, segment_len)
-  wide = score_dtype(jnp.result_type(templates.dtype, k.dtype))
-  scale = jnp.asarray(1.0 / math.sqrt(templates.shape[-1]), templates.dtype)
-  scores = jnp.einsum('hkd,bmshd->bmshk', templates * scale, k,
-                      preferred_element_type=wide)  # [batch, m, l, heads, K]
+  scores = _template_scores(templates, k)  # [batch, m, l, heads, K]
+  wide = scores.dtype
   real = (jnp.ones(scores.shape[:3], bool) if key_mask is None
           else key_mask)[..., None, None]
   # A finite floor, not -inf: two padded prefixes combine without inf - inf.
@@ -191,18 +189,82 @@ def causal_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
   total = jnp.broadcast_to(real, scores.shape).astype(wide)
   weighted = total[..., None] * v.astype(wide)[:, :, :, :, None, :]
 
-  def combine(left, right):
-    max_l, total_l, weighted_l = left
-    max_r, total_r, weighted_r = right
-    new_max = jnp.maximum(max_l, max_r)
-    scale_l, scale_r = jnp.exp(max_l - new_max), jnp.exp(max_r - new_max)
-    return (new_max, total_l * scale_l + total_r * scale_r,
-            weighted_l * scale_l[..., None] + weighted_r * scale_r[..., None])
-
   _, total, weighted = jax.lax.associative_scan(
-      combine, (running_max, total, weighted), axis=2)
+      _combine, (running_max, total, weighted), axis=2)
   out = weighted / jnp.where(total > 0, total, 1.0)[..., None]
   return merge_segments(out, length).astype(v.dtype)
+
+
+def _combine(left, right):
+  """Two online-softmax (max, total, weighted) triples -> the triple of both:
+  totals [...], weighted sums [..., d]."""
+  max_l, total_l, weighted_l = left
+  max_r, total_r, weighted_r = right
+  new_max = jnp.maximum(max_l, max_r)
+  scale_l, scale_r = jnp.exp(max_l - new_max), jnp.exp(max_r - new_max)
+  return (new_max, total_l * scale_l + total_r * scale_r,
+          weighted_l * scale_l[..., None] + weighted_r * scale_r[..., None])
+
+
+def _template_scores(templates, k):
+  """[heads, K, d] . [batch, ..., heads, d] / sqrt(d) -> [batch, ..., heads,
+  K] in the score dtype."""
+  wide = score_dtype(jnp.result_type(templates.dtype, k.dtype))
+  scale = jnp.asarray(1.0 / math.sqrt(templates.shape[-1]), templates.dtype)
+  return jnp.einsum('hkd,b...hd->b...hk', templates * scale, k,
+                    preferred_element_type=wide)
+
+
+def causal_template_state(templates: jax.Array, k: jax.Array, v: jax.Array,
+                          *, start: jax.Array, stop: jax.Array):
+  """Every template's running softmax over the keys [start, stop) of each
+  row: the decoding cache of causal template attention, O(K * head_dim) per
+  head whatever the context length.
+
+  Args: templates [heads, K, head_dim]; k, v [batch, length, heads,
+    head_dim]; start, stop [batch] int.
+
+  Returns: (running_max [batch, heads, K], total [batch, heads, K],
+    weighted [batch, heads, K, head_dim]), float32 or wider; an empty range
+    gives the empty triple (floor, 0, 0), which `causal_template_step`
+    continues like any other.
+  """
+  check_keys(templates, k, v, None)
+  scores = _template_scores(templates, k)  # [batch, length, heads, K]
+  position = jnp.arange(k.shape[1])[None, :]
+  real = ((position >= start[:, None]) & (position < stop[:, None]))
+  real = real[:, :, None, None]
+  floor = jnp.finfo(scores.dtype).min
+  running_max = jnp.max(jnp.where(real, scores, floor), axis=1)
+  weights = jnp.where(real, jnp.exp(scores - running_max[:, None]), 0.0)
+  weighted = jnp.einsum('blhk,blhd->bhkd', weights, v.astype(weights.dtype))
+  return running_max, jnp.sum(weights, axis=1), weighted
+
+
+def causal_template_step(templates: jax.Array, state, k: jax.Array,
+                         v: jax.Array, *, reset: jax.Array):
+  """The running state after one more key per row.
+
+  Args: templates [heads, K, head_dim]; state as `causal_template_state`;
+    k, v [batch, heads, head_dim], the new token's key and value; reset
+    [batch] bool: start from the empty state (a row's new segment).
+
+  Returns: (new state, outputs [batch, heads, K, head_dim] in v's dtype),
+    the outputs of every template over the keys so far.
+  """
+  scores = _template_scores(templates, k)  # [batch, heads, K]
+  running_max, total, weighted = state
+  empty = reset[:, None, None]
+  running_max = jnp.where(empty, jnp.finfo(scores.dtype).min, running_max)
+  total = jnp.where(empty, 0.0, total)
+  weighted = jnp.where(empty[..., None], 0.0, weighted)
+  new = (scores, jnp.ones_like(scores),
+         jnp.broadcast_to(v.astype(scores.dtype)[:, :, None, :],
+                          weighted.shape))
+  state = _combine((running_max, total, weighted), new)
+  _, total, weighted = state
+  out = weighted / jnp.where(total > 0, total, 1.0)[..., None]
+  return state, out.astype(v.dtype)
 
 
 def causal_template_attention(templates: jax.Array, assignments: jax.Array,

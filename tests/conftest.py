@@ -1,17 +1,34 @@
-"""Test set-up: 8 fake CPU devices for the sharding tests.
+"""Test set-up: 8 fake CPU devices for the sharding tests, a compile cache.
 
 XLA reads the flag when the backend starts, so it is set before any test
 module imports jax.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''),
      '--xla_force_host_platform_device_count=8']).strip()
 
+# One compilation cache per test run, shared by both test processes and the
+# subprocesses they start: the many small training runs, restarts after
+# kill -9 and sweep points compile the same programs. Every run starts empty,
+# so each program is still compiled at least once per run.
+# The controller sets it before it starts the test processes, which inherit it.
+_CACHE = os.environ.setdefault('SIMMIM_JAX_TEST_COMPILE_CACHE', os.path.join(
+    tempfile.gettempdir(), f'simmim_jax_test_compile_cache_{os.getpid()}'))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session):
+  if not hasattr(session.config, 'workerinput'):  # the controller, last out
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
 from simmim_jax import distill
+from simmim_jax import models
 from simmim_jax import optim
 from simmim_jax import train
 from tests import train_worker
@@ -91,21 +93,30 @@ def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir,
   assert 'encoder/blocks/attention/templates/library' in changed
 
 
-def test_initial_library_is_kmeans_of_the_source_queries(tmp_path, data_dir,
+def test_initial_library_is_kmeans_of_the_source_queries(data_dir,
                                                          source_run):
   source_dir, _ = source_run
-  runs = {}
+  libraries = {}
   for init in ('kmeans', 'random'):
+    # What train_and_evaluate starts from, without its train step.
     config = train_worker.small_config(
-        data_dir, num_steps=1, learning_rate=1e-12, warmup_steps=0,
-        init_from=source_dir, template_init=init, distill_queries=400,
-        **{'model.attention_kind': 'templates', 'model.num_templates': 4})
-    state, _ = train.train_and_evaluate(config, str(tmp_path / init))
-    runs[init] = np.asarray(
-        state.params['encoder']['blocks']['attention']['templates']['library'])
-  # k-means centres are means of queries: far smaller than N(0, 1) draws.
-  assert runs['kmeans'].shape == (1, 2, 4, 16)
-  assert not np.allclose(runs['kmeans'], runs['random'])
+        data_dir, init_from=source_dir, template_init=init,
+        distill_queries=400, **{'model.attention_kind': 'templates',
+                                'model.num_templates': 4})
+    datasets = simmim_jax.data.create_datasets(
+        config.data, global_batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size, seed=config.seed)
+    model = models.build_model(train.model_config(config, datasets))
+    fresh = nn.unbox(jax.jit(model.init)(
+        jax.random.key(0), jnp.zeros((1, 64), jnp.int32))['params'])
+    params = distill.initial_params(config, model, datasets, fresh)
+    libraries[init] = np.asarray(
+        params['encoder']['blocks']['attention']['templates']['library'])
+    if init == 'random':  # the fresh library, untouched
+      np.testing.assert_array_equal(libraries[init], np.asarray(
+          fresh['encoder']['blocks']['attention']['templates']['library']))
+  assert libraries['kmeans'].shape == (1, 2, 4, 16)
+  assert not np.allclose(libraries['kmeans'], libraries['random'])
 
 
 def test_init_from_a_missing_run_is_a_clear_error(tmp_path, data_dir):
