@@ -2,7 +2,7 @@ r"""Runs the benchmark suite (simmim_jax/benchmarks.py) and prints its tables.
 
   python -m experiments.benchmark --out_dir=runs/benchmark \
       [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
-      [--remat] [--groups=op,layer,train_step]
+      [--remat] [--groups=op,layer,train_step,decode]
 
 Writes benchmark.json, benchmark.md, time_vs_length.png and
 memory_vs_length.png into --out_dir and prints the markdown. --quick: tiny
@@ -40,8 +40,8 @@ _MAX_SECONDS = flags.DEFINE_float(
     'per call: FLOPs at the measured matmul ceiling, or the time at the last '
     'shorter length scaled by FLOPs')
 _GROUPS = flags.DEFINE_list(
-    'groups', None, "which cases: any of 'op', 'layer', 'train_step' "
-    '(default: all)')
+    'groups', None, "which cases: any of 'op', 'layer', 'train_step', "
+    "'decode' (default: all)")
 flags.mark_flag_as_required('out_dir')
 
 
@@ -54,7 +54,8 @@ def config_from_flags() -> benchmarks.BenchmarkConfig:
     changes['groups'] = tuple(_GROUPS.value)
   if _LENGTHS.value:
     lengths = tuple(int(n) for n in _LENGTHS.value)
-    changes.update(lengths=lengths, train_step_lengths=lengths)
+    changes.update(lengths=lengths, train_step_lengths=lengths,
+                   decode_lengths=lengths)
   for name, flag in (('repeats', _REPEATS),
                      ('memory_budget_gib', _MEMORY_BUDGET),
                      ('max_seconds_per_call', _MAX_SECONDS)):

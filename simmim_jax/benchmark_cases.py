@@ -1,4 +1,5 @@
-"""What the benchmark suite runs: ops, layers and train steps at one length.
+"""What the benchmark suite runs: ops, layers, train steps and decoding steps
+at one length.
 
 A `Case` is a builder of inputs and a function per mode (forward,
 forward+backward, train step). The builders use jax ops only, so
@@ -12,7 +13,7 @@ q, k, v are [1, length, heads, head_dim].
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import optax
 from flax import linen as nn
 
 from simmim_jax import attention
+from simmim_jax import decoding
 from simmim_jax import layers
 from simmim_jax import models
 from simmim_jax import steps
@@ -31,7 +33,13 @@ from simmim_jax.config import ModelConfig
 FORWARD = 'forward'
 BACKWARD = 'forward+backward'
 TRAIN_STEP = 'train_step'
-GROUPS = ('op', 'layer', 'train_step')  # the kinds of case, in report order
+DECODE_STEP = 'decode_step'
+# The kinds of case, in report order.
+GROUPS = ('op', 'layer', 'train_step', 'decode')
+# (family, attention_kind) of the decoding cases.
+DECODE_KINDS = (('simmim', 'softmax'), ('local', 'softmax'),
+                ('transformer', 'softmax'), ('simmim', 'templates'),
+                ('transformer', 'templates'))
 # The PyTorch peers and the JAX op computing the same attention (whose XLA
 # FLOP count they are credited with).
 TORCH_TWINS = {'torch_sdpa_segments': 'segment_attention',
@@ -81,6 +89,9 @@ class Case:
   length: int
   inputs: Callable[[], tuple[Any, ...]]
   modes: dict[str, Callable[..., Any]]
+  # An argument each fn returns a new value of, as its output's second item
+  # (a decoding cache): donated, and passed from one timed call to the next.
+  carried: Optional[int] = None
 
 
 class Workload(NamedTuple):
@@ -249,12 +260,42 @@ def train_step_case(sizes: Sizes, family: str, length: int,
               {TRAIN_STEP: steps.make_train_step('classification')})
 
 
+def decode_case(sizes: Sizes, family: str, attention_kind: str,
+                length: int) -> Case:
+  """One token of a CausalLM's cached decoding at position length - 1 (the
+  cache full but for it), batch 1: what each generated token costs once
+  `length` tokens of context are held.
+
+  fn(params, cache, tokens, positions) -> (logits, cache).
+  """
+  config = dataclasses.replace(
+      model_config(sizes, family, length, sizes.num_layers), head='lm',
+      attention_kind=attention_kind, num_templates=sizes.num_templates)
+  model = models.CausalLM(config)
+
+  def inputs():
+    tokens = jnp.zeros((1, sizes.segment_len), jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(1), tokens)['params'])
+    cache = decoding.init_cache(model, params, 1, length)
+    return (params, cache, jnp.zeros((1,), jnp.int32),
+            jnp.full((1,), length - 1, jnp.int32))
+
+  name = f'CausalLM/{family}' + ('+templates' if attention_kind == 'templates'
+                                 else '')
+  return Case('decode', name, length, inputs,
+              {DECODE_STEP: functools.partial(decoding.decode_step, model)},
+              carried=1)
+
+
 def jax_cases(sizes: Sizes, lengths: tuple[int, ...],
               train_step_lengths: tuple[int, ...],
-              train_step_families: tuple[str, ...]) -> list[Case]:
+              train_step_families: tuple[str, ...],
+              decode_lengths: tuple[int, ...] = (),
+              decode_kinds: tuple[tuple[str, str], ...] = ()) -> list[Case]:
   """Every op and layer (FORWARD and BACKWARD) at each of `lengths`, then the
   train step of each of `train_step_families` at each of
-  `train_step_lengths`."""
+  `train_step_lengths`, then a decoding step of each of `decode_kinds` at
+  each of `decode_lengths`."""
   all_cases = []
   for group, workloads in (('op', op_workloads), ('layer', layer_workloads)):
     for name in workloads(sizes, lengths[0]):
@@ -265,6 +306,9 @@ def jax_cases(sizes: Sizes, lengths: tuple[int, ...],
   for family in train_step_families:
     all_cases += [train_step_case(sizes, family, length, sizes.num_layers)
                   for length in train_step_lengths]
+  for family, attention_kind in decode_kinds:
+    all_cases += [decode_case(sizes, family, attention_kind, length)
+                  for length in decode_lengths]
   return all_cases
 
 

@@ -77,10 +77,13 @@ def _ordered(rows: Sequence[Row]) -> list[Row]:
 
 def _case_table(rows: Sequence[Row]) -> str:
   """Cost, time and rates of every row (of one group)."""
-  train = rows[0]['mode'] == cases.TRAIN_STEP
+  train = rows[0]['mode'] in (cases.TRAIN_STEP, cases.DECODE_STEP)
+  decode = rows[0]['mode'] == cases.DECODE_STEP
   headers = ['case', 'pass', 'length', 'GFLOP', 'peak MiB', 'compile s',
              'median ms', 'GFLOP/s', '% of ceiling']
-  headers += ['tokens/s', 'note'] if train else ['note']
+  headers += ['tokens/s'] if train else []
+  headers += ['cache MiB'] if decode else []
+  headers += ['note']
   lines = []
   for r in _ordered(rows):
     cells = [r['name'], r['mode'], str(r['length']),
@@ -91,6 +94,8 @@ def _case_table(rows: Sequence[Row]) -> str:
              _fmt(r['ceiling_fraction'], '.1f', 100)]
     if train:
       cells.append(_fmt(r['tokens_per_s'], '.0f'))
+    if decode:
+      cells.append(_fmt(r['cache_bytes'], '.4g', 2**-20))
     cells.append(f"not run: {r['skipped']}" if r['skipped'] else '')
     lines.append(cells)
   return _table(headers, lines)
@@ -198,6 +203,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         _case_table(by_group['train_step']),
         '## Train-step compile time vs depth',
         _compile_table(report['compile_vs_depth'])]
+  if by_group['decode']:
+    sections += [
+        f"## Decoding step (CausalLM, {sizes['num_layers']} layers, one "
+        'token at the last position of a full cache, batch 1)',
+        _case_table(by_group['decode'])]
   sections += ['## Log-log slopes vs length (target for SimMIM cases: '
                f'<= {SLOPE_TARGET})', _slope_table(report['slopes'])]
   return '\n\n'.join(sections) + '\n'

@@ -1,5 +1,5 @@
-"""The benchmark suite: SimMIM's ops, layers and train step against full
-attention and PyTorch, from 1k to 32k tokens, in one run.
+"""The benchmark suite: SimMIM's ops, layers, train step and decoding step
+against full attention and PyTorch, from 1k to 32k tokens, in one run.
 
   from simmim_jax import benchmark_report, benchmarks
   report = benchmarks.run(benchmarks.BenchmarkConfig(), 'runs/benchmark')
@@ -16,6 +16,7 @@ exceeds `max_seconds_per_call`, is costed but not run (time None).
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import sys
@@ -54,6 +55,8 @@ class BenchmarkConfig:
   ceiling_size: int = 4096         # n of the [n, n] @ [n, n] ceiling matmul
   compile_depths: tuple[int, ...] = (2, 6, 12)  # train-step compile vs depth
   compile_families: tuple[str, ...] = FAMILIES  # ... of these families
+  decode_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
+  decode_kinds: tuple[tuple[str, str], ...] = cases.DECODE_KINDS
   memory_budget_gib: float = 12.0  # larger compiled peaks are not run
   max_seconds_per_call: float = 15.0  # nor those predicted slower per call
 
@@ -63,7 +66,8 @@ QUICK = BenchmarkConfig(
                       num_templates=4, mlp_dim=64),
     lengths=(256, 512), train_step_lengths=(256,),
     train_step_families=('simmim', 'transformer'), repeats=1,
-    ceiling_size=256, compile_depths=(1, 2), compile_families=('simmim',))
+    ceiling_size=256, compile_depths=(1, 2), compile_families=('simmim',),
+    decode_kinds=(('simmim', 'softmax'), ('transformer', 'softmax')))
 
 
 def available_cpus() -> int:
@@ -126,7 +130,8 @@ def make_row(framework: str, group: str, name: str, mode: str, length: int, *,
              flops: float, peak_bytes: Optional[float],
              compile_seconds: Optional[float], predicted: float,
              seconds: Optional[float], skipped: Optional[str],
-             ceiling_flops: float) -> Row:
+             ceiling_flops: float,
+             cache_bytes: Optional[int] = None) -> Row:
   """One result; rates are None when the case was not run."""
   row = {'framework': framework, 'group': group, 'name': name, 'mode': mode,
          'length': length, 'flops': flops, 'peak_bytes': peak_bytes,
@@ -138,6 +143,9 @@ def make_row(framework: str, group: str, name: str, mode: str, length: int, *,
     row['ceiling_fraction'] = flops / seconds / ceiling_flops
   if mode == cases.TRAIN_STEP:
     row['tokens_per_s'] = None if seconds is None else length / seconds
+  if mode == cases.DECODE_STEP:  # one token per call
+    row['tokens_per_s'] = None if seconds is None else 1 / seconds
+    row['cache_bytes'] = cache_bytes
   return row
 
 
@@ -163,8 +171,13 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
     args = make_args()
     for mode, fn in case.modes.items():
       if skipped[mode] is None:
-        seconds[mode] = median_seconds(
-            functools.partial(jax.jit(fn), *args[mode]), config.repeats)
+        seconds[mode] = median_seconds(_timed_call(fn, args[mode], case),
+                                       config.repeats)
+  cache_bytes = None
+  if case.carried is not None:
+    cache_bytes = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in
+                      jax.tree.leaves(specs[next(iter(case.modes))][
+                          case.carried]))
   rows = []
   for mode, cost in costs.items():
     logging.info('%s %s %d: %.4g GFLOP, %s', case.name, mode, case.length,
@@ -173,8 +186,25 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
         'jax', case.group, case.name, mode, case.length, flops=cost['flops'],
         peak_bytes=cost['peak_bytes'], compile_seconds=cost['compile_seconds'],
         predicted=predicted[mode], seconds=seconds[mode],
-        skipped=skipped[mode], ceiling_flops=ceiling_flops))
+        skipped=skipped[mode], ceiling_flops=ceiling_flops,
+        cache_bytes=cache_bytes))
   return rows
+
+
+def _timed_call(fn, args, case: cases.Case):
+  """fn on args, jitted, as a call of no arguments. A carried argument is
+  donated and replaced by each call's new value, as a decoding loop updates
+  its cache in place."""
+  compiled = jax.jit(fn, donate_argnums=() if case.carried is None
+                     else (case.carried,))
+  if case.carried is None:
+    return functools.partial(compiled, *args)
+  args = list(args)
+
+  def call():
+    out, args[case.carried] = compiled(*args)
+    return out
+  return call
 
 
 def measure_cases(all_cases: Sequence[cases.Case], config: BenchmarkConfig,
@@ -298,7 +328,8 @@ def run(config: BenchmarkConfig, out_dir: str,
   ceiling_flops = ceiling['gflops_per_s'] * 1e9
   all_cases = [case for case in cases.jax_cases(
       config.sizes, config.lengths, config.train_step_lengths or config.lengths,
-      config.train_step_families) if case.group in config.groups]
+      config.train_step_families, config.decode_lengths or config.lengths,
+      config.decode_kinds) if case.group in config.groups]
   rows = measure_cases(all_cases, config, ceiling_flops)
   rows += torch_rows(torch, unavailable, config, rows, ceiling_flops)
   report = {

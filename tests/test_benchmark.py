@@ -95,6 +95,18 @@ def test_train_step_and_compile_rows(report):
   assert all(r['compile_seconds'] > 0 for r in report['compile_vs_depth'])
 
 
+def test_decode_cache_grows_with_context_only_for_the_transformer(report):
+  decode = {(r['name'], r['length']): r for r in report['rows']
+            if r['group'] == 'decode'}
+  assert {name for name, _ in decode} == {'CausalLM/simmim',
+                                          'CausalLM/transformer'}
+  assert all(r['tokens_per_s'] > 0 for r in decode.values())
+  growth = {name: decode[name, 512]['cache_bytes']
+            / decode[name, 256]['cache_bytes'] for name, _ in decode}
+  assert growth['CausalLM/transformer'] == 2.0  # keys and values per position
+  assert growth['CausalLM/simmim'] < 1.5  # one state per segment
+
+
 def test_segment_attention_slopes_meet_target(report):
   for entry in report['slopes']:
     if entry['name'] == 'segment_attention':
