@@ -194,8 +194,18 @@ class SegmentStateMerge(nn.Module):
     segment = positions // segment_len
     finishing = positions % segment_len == segment_len - 1
     state = norm(x[:, 0])  # [batch, embed]
-    new_state = decode_cache.state_query(state, cache['state_keys'],
-                                         cache['state_values'], w_q, segment)
+
+    def finish(module, state, cache):
+      del module
+      new_state = decode_cache.state_query(
+          state, cache['state_keys'], cache['state_values'], w_q, segment)
+      return jnp.where(finishing[:, None], merge(new_state),
+                       cache['merge']).astype(cache['merge'].dtype)
+
+    # One token in segment_len ends a segment: skip the state work otherwise.
+    new_merge = nn.cond(jnp.any(finishing), finish,
+                        lambda module, state, cache: cache['merge'], self,
+                        state, cache)
     write = lambda buffer, value: decode_cache.write_slot(
         buffer, value, segment, finishing)
     return cache['merge'][:, None], {
@@ -203,8 +213,7 @@ class SegmentStateMerge(nn.Module):
                             state @ w_k.astype(state.dtype)),
         'state_values': write(cache['state_values'],
                               state @ w_v.astype(state.dtype)),
-        'merge': jnp.where(finishing[:, None], merge(new_state),
-                           cache['merge']).astype(cache['merge'].dtype)}
+        'merge': new_merge}
 
 
 class SMIBlock(nn.Module):
