@@ -165,10 +165,10 @@ class SegmentStateMerge(nn.Module):
     new_states = attention.segment_state_attention(
         states, w_q, w_k, w_v, mask=segment_mask, causal=self.causal,
         exclude_self=cfg.exclude_self)
-    update = merge(new_states)  # [batch, m, embed]: what segment i gives
+    given = merge(new_states)  # [batch, m, embed]: what segment i gives
+    update = given
     if self.causal:
-      given = update
-      update = jnp.pad(update[:, :-1], ((0, 0), (1, 0), (0, 0)))
+      update = jnp.pad(given[:, :-1], ((0, 0), (1, 0), (0, 0)))
     update = jnp.repeat(update, cfg.segment_len, axis=1)[:, :length]
     if positions is None:
       return update
