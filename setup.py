@@ -31,6 +31,7 @@ setuptools.setup(
         'numpy>=1.26',
         'optax>=0.2.8',
         'orbax-checkpoint>=0.12',
+        'sacrebleu>=2.4',       # seq2seq BLEU and chrF
         'tensorboardX>=2.6',    # TensorBoard event files without TF
         'tensorflow-datasets>=4.9.9',
     ],

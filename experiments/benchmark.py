@@ -4,8 +4,9 @@ r"""Runs the benchmark suite (simmim_jax/benchmarks.py) and prints its tables.
       [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
       [--remat] [--groups=op,layer,train_step,decode]
 
-Writes benchmark.json, benchmark.md, time_vs_length.png and
-memory_vs_length.png into --out_dir and prints the markdown. --quick: tiny
+Writes benchmark.json, benchmark.md, time_vs_length.png,
+memory_vs_length.png and (with decoding cases) cache_vs_length.png into
+--out_dir and prints the markdown. --quick: tiny
 sizes, lengths 256 and 512, about a minute on 2 cores (mostly compilation);
 the other flags override either preset. The full run took 22 minutes on a
 shared 2-core CPU. `import simmim_jax` sets glibc's malloc for XLA

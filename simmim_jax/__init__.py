@@ -4,6 +4,7 @@
 from simmim_jax import allocator as _allocator
 _allocator.tune_malloc()
 
+from simmim_jax.attention import cross_attention
 from simmim_jax.attention import full_attention
 from simmim_jax.attention import masked_softmax
 from simmim_jax.attention import segment_attention
@@ -24,6 +25,7 @@ from simmim_jax.models import CausalLM
 from simmim_jax.models import Classifier
 from simmim_jax.models import DualEncoderClassifier
 from simmim_jax.models import Encoder
+from simmim_jax.models import Seq2Seq
 from simmim_jax.models import build_model
 from simmim_jax.template_cache import apply_with_cache
 from simmim_jax.template_cache import build_cache

@@ -498,3 +498,36 @@ def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   if mask is not None:
     key_mask = mask.astype(bool)[:, None, None, :]  # [batch, 1, 1, keys]
   return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
+
+
+def cross_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                    key_mask: Optional[jax.Array] = None) -> jax.Array:
+  """Every query over every key of another sequence (decoder over encoder).
+
+  Args:
+    q: [batch, q_len, heads, head_dim].
+    k, v: [batch, kv_len, heads, head_dim].
+    key_mask: optional [batch, kv_len] bool, True = a key to read.
+
+  Returns: [batch, q_len, heads, head_dim] in q's dtype. Scores and softmax
+  are float32 (or wider); a row without keys gets zeros. One query or many
+  give the same numbers, so cached decoding matches the parallel pass.
+  """
+  checks.rank(q, 4, 'q', '[batch, q_len, heads, head_dim]')
+  checks.rank(k, 4, 'k', '[batch, kv_len, heads, head_dim]')
+  if (k.shape != v.shape or k.shape[0] != q.shape[0]
+      or k.shape[2:] != q.shape[2:]):
+    raise ValueError(f'k and v must be [batch, kv_len, heads, head_dim] with '
+                     f"q's batch, heads and head_dim {q.shape}; got k "
+                     f'{k.shape}, v {v.shape}')
+  checks.mask(key_mask, k.shape[:2], 'key_mask')
+  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+  wide = score_dtype(q.dtype)
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q * scale, k,
+                      preferred_element_type=wide)
+  allowed = None if key_mask is None else key_mask.astype(bool)[:, None,
+                                                                 None, :]
+  weights = masked_softmax(scores, allowed)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v,
+                   preferred_element_type=wide)
+  return out.astype(q.dtype)

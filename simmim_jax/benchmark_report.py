@@ -214,15 +214,20 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def save_plots(rows: Sequence[Row], out_dir: str) -> None:
-  """time_vs_length.png (cases that ran) and memory_vs_length.png (compiled
-  peaks of the JAX cases): log-log, one panel per group, one colour per
-  case, dashed for forward+backward."""
+  """time_vs_length.png (cases that ran), memory_vs_length.png (compiled
+  peaks of the JAX cases) and, with decoding cases, cache_vs_length.png:
+  log-log, one panel per group, one colour per case, dashed for
+  forward+backward."""
   # matplotlib is an optional dependency (the 'test' and 'notebooks' extras).
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   for filename, key, label in (
       ('time_vs_length.png', 'seconds', 'median seconds per call'),
-      ('memory_vs_length.png', 'peak_bytes', 'compiled peak bytes')):
-    groups = [g for g in GROUPS if any(r['group'] == g for r in rows)]
+      ('memory_vs_length.png', 'peak_bytes', 'compiled peak bytes'),
+      ('cache_vs_length.png', 'cache_bytes', 'decoding cache bytes')):
+    groups = [g for g in GROUPS if any(r['group'] == g and r.get(key)
+                                       is not None for r in rows)]
+    if not groups:  # e.g. no decoding cases: no cache plot
+      continue
     figure = Figure(figsize=(6 * len(groups), 8), layout='constrained')
     axes = figure.subplots(1, len(groups), squeeze=False)[0]
     for axis, group in zip(axes, groups):

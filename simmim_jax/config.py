@@ -13,7 +13,8 @@ from simmim_jax import checks
 from simmim_jax import hierarchy
 
 FAMILIES = ('simmim', 'local', 'transformer')
-HEADS = ('classifier', 'dual_encoder', 'lm')
+HEADS = ('classifier', 'dual_encoder', 'lm', 'seq2seq')
+CROSS_ATTENTIONS = ('full', 'segment_states')
 POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
 ATTENTION_KINDS = ('softmax', 'templates')
@@ -34,6 +35,7 @@ class ModelConfig:
   """
   vocab_size: int                  # token ids are in [0, vocab_size)
   head: str = 'classifier'         # 'classifier' | 'dual_encoder' | 'lm'
+                                   # | 'seq2seq'
   num_classes: int = 2             # classifier and dual-encoder outputs
   family: str = 'simmim'           # 'simmim' | 'local' | 'transformer'
   d_model: int = 128               # width of the residual stream
@@ -64,6 +66,13 @@ class ModelConfig:
   template_decay: float = 0.99     # EMA decay of template usage (and k-means)
   reseed_threshold: float = 1.0    # re-seed templates used by fewer queries
                                    # per step (EMA); 0 = never
+  # head='seq2seq': the fields above describe the encoder; the causal
+  # decoder shares them except for these.
+  decoder_family: Optional[str] = None  # None = family
+  decoder_layers: Optional[int] = None  # None = num_layers
+  target_len: Optional[int] = None  # longest decoder input; None = max_len
+  cross_attention: str = 'full'    # decoder reads 'full' encoder outputs |
+                                   # only the encoder's 'segment_states'
 
   def __post_init__(self):
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
@@ -72,8 +81,9 @@ class ModelConfig:
       checks.positive_int(getattr(self, name), name)
     if self.state_key_dim is not None:
       checks.positive_int(self.state_key_dim, 'state_key_dim')
-    if self.num_levels is not None:
-      checks.positive_int(self.num_levels, 'num_levels')
+    for name in ('num_levels', 'decoder_layers', 'target_len'):
+      if getattr(self, name) is not None:
+        checks.positive_int(getattr(self, name), name)
     _one_of('family', self.family, FAMILIES)
     _one_of('head', self.head, HEADS)
     _one_of('pooling', self.pooling, POOLINGS)
@@ -82,6 +92,9 @@ class ModelConfig:
     _one_of('param_dtype', self.param_dtype, tuple(DTYPES))
     _one_of('attention_kind', self.attention_kind, ATTENTION_KINDS)
     _one_of('template_update', self.template_update, TEMPLATE_UPDATES)
+    _one_of('cross_attention', self.cross_attention, CROSS_ATTENTIONS)
+    if self.decoder_family is not None:
+      _one_of('decoder_family', self.decoder_family, FAMILIES)
     if not 0.0 <= self.template_decay < 1.0:
       raise ValueError(f'template_decay must be in [0, 1), got '
                        f'{self.template_decay}')
@@ -112,6 +125,22 @@ class ModelConfig:
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f'{name} must be True or False, got '
                          f'{getattr(self, name)!r}')
+    if self.head == 'seq2seq':
+      target_len = self.target_len or self.max_len
+      if ((self.decoder_family or self.family) != 'transformer'
+          and self.segment_len > target_len):
+        raise ValueError(
+            f'segment_len ({self.segment_len}) exceeds target_len '
+            f'({target_len}): every decoder input would be one segment')
+
+  @property
+  def decoder_config(self) -> 'ModelConfig':
+    """The causal decoder of a 'seq2seq' model, as an LM's config."""
+    return dataclasses.replace(
+        self, head='lm', family=self.decoder_family or self.family,
+        num_layers=self.decoder_layers or self.num_layers,
+        max_len=self.target_len or self.max_len, decoder_family=None,
+        decoder_layers=None, target_len=None)
 
   @classmethod
   def from_dict(cls, fields: Mapping[str, Any]) -> 'ModelConfig':

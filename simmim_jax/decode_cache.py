@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from simmim_jax.attention import cross_attention
 from simmim_jax.attention import masked_softmax
 from simmim_jax.attention import score_dtype
 
@@ -25,11 +26,12 @@ def write_slot(buffer: jax.Array, value: jax.Array, slot: jax.Array,
   value: [batch, ...]; slot: [batch] int; where: optional [batch] bool, rows
   to write (the others are left as they are).
   """
-  hit = jnp.arange(buffer.shape[1])[None, :] == slot[:, None]
-  if where is not None:
-    hit = hit & where[:, None]
-  hit = hit.reshape(hit.shape + (1,) * (buffer.ndim - 2))
-  return jnp.where(hit, value[:, None].astype(buffer.dtype), buffer)
+  if where is not None:  # an out-of-range slot is dropped
+    slot = jnp.where(where, slot, buffer.shape[1])
+  # A scatter, not a select over every slot: a donated or loop-carried
+  # buffer is updated in place, O(1) per step however long the cache.
+  rows = jnp.arange(buffer.shape[0])
+  return buffer.at[rows, slot].set(value.astype(buffer.dtype), mode='drop')
 
 
 def read_window(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
@@ -53,13 +55,7 @@ def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array,
 
   Returns: [batch, heads, head_dim] in q's dtype.
   """
-  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-  scores = jnp.einsum('bhd,bshd->bhs', q * scale, keys,
-                      preferred_element_type=score_dtype(q.dtype))
-  weights = masked_softmax(scores, allowed[:, None, :])
-  out = jnp.einsum('bhs,bshd->bhd', weights.astype(values.dtype), values,
-                   preferred_element_type=score_dtype(q.dtype))
-  return out.astype(q.dtype)
+  return cross_attention(q[:, None], keys, values, key_mask=allowed)[:, 0]
 
 
 def state_query(state: jax.Array, state_keys: jax.Array,

@@ -1,8 +1,12 @@
-"""Generation from a `CausalLM`: prefill, cached decoding steps, sampling.
+"""Generation from a `CausalLM` or `Seq2Seq`: prefill, cached steps, sampling.
 
   cache = init_cache(model, params, batch_size, max_len)
   logits, cache = decode_step(model, params, cache, tokens, positions)
   tokens = generate(model, params, prompt, max_new_tokens=...)
+
+A `Seq2Seq` model takes `source=` (and `source_mask=`) in `init_cache` and
+`generate`: its encoder runs once and every decoder layer's cache also holds
+the keys and values of the encoder outputs its cross-attention reads.
 
 The cache is a pytree of arrays, one entry per layer on axis 0, holding what
 each family needs (layers.SMIBlock): the current segment's keys and values
@@ -26,12 +30,36 @@ from simmim_jax import decode_cache
 from simmim_jax import models
 
 
-def _check_lm(model) -> Any:
-  if not isinstance(model, models.CausalLM):
-    raise ValueError(
-        f'generation needs a CausalLM (head="lm"), got {type(model).__name__}'
-        f' (head={getattr(getattr(model, "config", None), "head", None)!r})')
-  return model.config
+def _check_model(model, source=None, source_mask=None):
+  """(the config of the network that decodes, the checked source or None)."""
+  if isinstance(model, models.CausalLM):
+    if source is not None or source_mask is not None:
+      raise ValueError('a CausalLM takes no source (that is for Seq2Seq)')
+    return model.config, None
+  if isinstance(model, models.Seq2Seq):
+    if source is None:
+      raise ValueError('a Seq2Seq model needs source= [batch, source_len] '
+                       'token ids to generate from')
+    cfg = model.config
+    source = _check_tokens(source, cfg.vocab_size, 'source',
+                           '[batch, source_len]')
+    if source.shape[1] > cfg.max_len:
+      raise ValueError(f'the source ({source.shape[1]} tokens) is longer than '
+                       f'the model\'s max_len {cfg.max_len}')
+    checks.mask(source_mask, source.shape, 'source_mask')
+    if source_mask is None:
+      source_mask = jnp.ones(source.shape, bool)
+    return cfg.decoder_config, (source, jnp.asarray(source_mask, bool))
+  raise ValueError(
+      f'generation needs a CausalLM (head="lm") or a Seq2Seq (head='
+      f'"seq2seq"), got {type(model).__name__} '
+      f'(head={getattr(getattr(model, "config", None), "head", None)!r})')
+
+
+def _check_batch(source, batch) -> None:
+  if source is not None and source[0].shape[0] != batch:
+    raise ValueError(f'source has {source[0].shape[0]} rows but the batch '
+                     f'has {batch}')
 
 
 def _check_max_len(config, max_len) -> int:
@@ -42,37 +70,64 @@ def _check_max_len(config, max_len) -> int:
   return max_len
 
 
-def _prefill_outputs(model, params, prompt, prompt_lengths):
+def _prefill_outputs(model, params, prompt, prompt_lengths, source=None):
   """(logits [batch, prompt_len, vocab], the cache of the prompt alone)."""
-  return model.apply({'params': params}, prompt, positions=prompt_lengths)
+  if source is None:
+    return model.apply({'params': params}, prompt, positions=prompt_lengths)
+  tokens, mask = source
+  return model.apply({'params': params}, tokens, prompt, mask,
+                     positions=prompt_lengths)
 
 
-def init_cache(model, params, batch_size: int, max_len: int) -> Any:
-  """An empty cache for `batch_size` rows of up to `max_len` positions."""
-  config = _check_lm(model)
-  batch_size = checks.positive_int(batch_size, 'batch_size')
-  max_len = _check_max_len(config, max_len)
+def _empty_cache(model, params, batch_size, max_len, source):
   # The prefill of a full-length prompt has the cache's shapes.
   shapes = jax.eval_shape(
       functools.partial(_prefill_outputs, model), params,
       jax.ShapeDtypeStruct((batch_size, max_len), jnp.int32),
-      jax.ShapeDtypeStruct((batch_size,), jnp.int32))[1]
+      jax.ShapeDtypeStruct((batch_size,), jnp.int32), source)[1]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def init_cache(model, params, batch_size: int, max_len: int, *,
+               source=None, source_mask=None) -> Any:
+  """An empty cache for `batch_size` rows of up to `max_len` positions.
+
+  A Seq2Seq model needs `source` [batch_size, source_len] (and optionally
+  `source_mask`): its encoder runs here, and the cache holds what each
+  decoder layer's cross-attention reads of it.
+  """
+  config, source = _check_model(model, source, source_mask)
+  batch_size = checks.positive_int(batch_size, 'batch_size')
+  _check_batch(source, batch_size)
+  max_len = _check_max_len(config, max_len)
+  return _init_cache(model, params, batch_size, max_len, source)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init_cache(model, params, batch_size, max_len, source):
+  cache = _empty_cache(model, params, batch_size, max_len, source)
+  if source is not None:
+    # A one-token prefill runs the encoder and the cross projections.
+    one = jnp.ones((batch_size,), jnp.int32)
+    cache['cross_attention'] = _prefill_outputs(
+        model, params, one[:, None], one, source)[1]['cross_attention']
+  return cache
+
+
 def prefill(model, params, prompt: jax.Array, prompt_lengths: jax.Array,
-            max_len: int):
+            max_len: int, source=None):
   """The parallel pass over the prompt, its cache placed in an empty one.
 
   Args: prompt [batch, prompt_len] int32; prompt_lengths [batch] int32 in
     [1, prompt_len] (a row's tokens from its length on are not read); max_len
-    the cache's positions.
+    the cache's positions; source: Seq2Seq only, (tokens, mask) checked by
+    `_check_model`.
 
   Returns: (logits [batch, prompt_len, vocab] float32, cache).
   """
   logits, prompt_cache = _prefill_outputs(model, params, prompt,
-                                          prompt_lengths)
-  empty = init_cache(model, params, prompt.shape[0], max_len)
+                                          prompt_lengths, source)
+  empty = _empty_cache(model, params, prompt.shape[0], max_len, source)
   # Every prompt leaf fits at the start of its empty leaf: fewer positions
   # (full attention) or fewer segment states, the rest the same shape.
   cache = jax.tree.map(
@@ -92,13 +147,24 @@ def decode_step(model, params, cache: Any, tokens: jax.Array,
 
   Returns: (logits [batch, vocab] float32 for the next position, new cache).
   """
-  _check_lm(model)
   checks.rank(tokens, 1, 'tokens', '[batch]')
   if np.shape(positions) != np.shape(tokens):
     raise ValueError(f'positions must have the shape of tokens '
                      f'{np.shape(tokens)} [batch], got {np.shape(positions)}')
-  logits, cache = model.apply({'params': params}, tokens[:, None],
-                              positions=positions, cache=cache)
+  if not isinstance(model, models.Seq2Seq):
+    _check_model(model)
+  return _decode_step(model, params, cache, tokens, positions)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_step(model, params, cache, tokens, positions):
+  if isinstance(model, models.Seq2Seq):  # the memory is in the cache
+    logits, cache = model.apply({'params': params}, tokens[:, None],
+                                positions=positions, cache=cache,
+                                method=models.Seq2Seq.decode)
+  else:
+    logits, cache = model.apply({'params': params}, tokens[:, None],
+                                positions=positions, cache=cache)
   return logits[:, 0], cache
 
 
@@ -133,13 +199,16 @@ def generate(model, params, prompt, *, max_new_tokens: int,
              prompt_lengths=None, temperature: float = 0.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None,
              eos_id: Optional[int] = None,
-             rng: Optional[jax.Array] = None) -> jax.Array:
+             rng: Optional[jax.Array] = None, source=None,
+             source_mask=None) -> jax.Array:
   """Continues each prompt row to prompt_len + max_new_tokens tokens.
 
   Args:
-    model: a `CausalLM`; params: its 'params'.
-    prompt: [batch, prompt_len] int token ids.
-    max_new_tokens: positive int; prompt_len + max_new_tokens <= max_len.
+    model: a `CausalLM` or `Seq2Seq`; params: its 'params'.
+    prompt: [batch, prompt_len] int token ids (Seq2Seq: the decoder's, e.g.
+      the start token).
+    max_new_tokens: positive int; prompt_len + max_new_tokens <= max_len
+      (Seq2Seq: the decoder's target_len).
     prompt_lengths: optional [batch] ints in [1, prompt_len]: row b's prompt
       is prompt[b, :prompt_lengths[b]] and every later position is generated
       (default: all of prompt_len).
@@ -147,12 +216,15 @@ def generate(model, params, prompt, *, max_new_tokens: int,
     top_k, top_p: optional sampling filters (top_p in (0, 1]).
     eos_id: optional; after a row emits it, the row emits only eos_id.
     rng: a PRNG key, needed to sample; the same key gives the same sample.
+    source, source_mask: Seq2Seq only: [batch, source_len] token ids of
+      what to translate, summarise, ..., and optionally its mask.
 
   Returns: int32 [batch, prompt_len + max_new_tokens].
   """
-  config = _check_lm(model)
+  config, source = _check_model(model, source, source_mask)
   prompt = _check_tokens(prompt, config.vocab_size)
   batch, prompt_len = prompt.shape
+  _check_batch(source, batch)
   max_new_tokens = checks.positive_int(max_new_tokens, 'max_new_tokens')
   if prompt_len > config.max_len:
     raise ValueError(f'the prompt ({prompt_len} tokens) is longer than the '
@@ -179,19 +251,20 @@ def generate(model, params, prompt, *, max_new_tokens: int,
     raise ValueError('sampling (temperature > 0) needs an rng key')
   if rng is None:
     rng = jax.random.key(0)  # unused: greedy
-  return _generate(model, params, prompt, lengths, rng,
+  return _generate(model, params, prompt, lengths, rng, source,
                    max_new_tokens=max_new_tokens, temperature=temperature,
                    top_k=top_k, top_p=None if top_p is None else float(top_p),
                    eos_id=eos_id)
 
 
-def _check_tokens(prompt, vocab_size) -> jax.Array:
-  checks.rank(prompt, 2, 'prompt', '[batch, prompt_len]')
-  if not np.issubdtype(np.dtype(prompt.dtype), np.integer):
-    raise ValueError(f'prompt must hold integer token ids, got dtype '
-                     f'{prompt.dtype}')
-  checks.token_ids(prompt, vocab_size)
-  return jnp.asarray(prompt, jnp.int32)
+def _check_tokens(tokens, vocab_size, name='prompt',
+                  layout='[batch, prompt_len]') -> jax.Array:
+  checks.rank(tokens, 2, name, layout)
+  if not np.issubdtype(np.dtype(tokens.dtype), np.integer):
+    raise ValueError(f'{name} must hold integer token ids, got dtype '
+                     f'{tokens.dtype}')
+  checks.token_ids(tokens, vocab_size, name)
+  return jnp.asarray(tokens, jnp.int32)
 
 
 def _check_lengths(prompt_lengths, batch, prompt_len) -> jax.Array:
@@ -210,14 +283,14 @@ def _check_lengths(prompt_lengths, batch, prompt_len) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=(
     'model', 'max_new_tokens', 'temperature', 'top_k', 'top_p', 'eos_id'))
-def _generate(model, params, prompt, lengths, rng, *, max_new_tokens,
+def _generate(model, params, prompt, lengths, rng, source, *, max_new_tokens,
               temperature, top_k, top_p, eos_id):
   batch, prompt_len = prompt.shape
   total = prompt_len + max_new_tokens
   sample = lambda logits, step: sample_logits(
       logits, jax.random.fold_in(rng, step), temperature=temperature,
       top_k=top_k, top_p=top_p)
-  logits, cache = prefill(model, params, prompt, lengths, total)
+  logits, cache = prefill(model, params, prompt, lengths, total, source)
   first = sample(jnp.take_along_axis(logits, (lengths - 1)[:, None, None],
                                      axis=1)[:, 0], 0)
   tokens = jnp.pad(prompt, ((0, 0), (0, max_new_tokens)))

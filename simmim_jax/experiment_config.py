@@ -7,6 +7,7 @@ bad value fails at start with a message naming the field.
 
 import dataclasses
 import os
+import typing
 
 import ml_collections
 
@@ -14,7 +15,8 @@ from simmim_jax import optim
 from simmim_jax.config import ModelConfig
 
 # Model fields the trainer fills in from the data (see train.model_config).
-DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len')
+DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
+                             'target_len')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -22,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   from simmim_jax import data  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
   config.seed = 0                  # parameters, dropout and data order
-  # ModelConfig kwargs; vocab_size, num_classes, head, max_len come from data.
+  # ModelConfig kwargs; vocab_size, num_classes, head, max_len and
+  # target_len come from the data.
   config.model = ml_collections.ConfigDict(
       {f.name: _overridable(f) for f in dataclasses.fields(ModelConfig)
        if f.name not in DATA_DERIVED_MODEL_FIELDS})
@@ -43,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 500          # eval (and checkpoint) every N steps
   config.eval_split = 'validation'  # split evaluated during training
   config.test_split = 'test'       # evaluated once at the end ('' = none)
+  # seq2seq: examples of the eval split greedily decoded and scored with
+  # BLEU / chrF at each eval (0: the whole split; the test split is always
+  # decoded whole).
+  config.decode_examples = 0
   config.checkpoint_every = 500    # checkpoint every N steps (and at evals)
   config.keep_checkpoints = 2      # keep the last K checkpoints (+ the best)
   config.best_metric = 'eval_accuracy'  # ranks checkpoints for 'best'
@@ -62,10 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def _overridable(field: dataclasses.Field):
-  """The field's default; a None default becomes a typed placeholder so that
-  --config.model.<field>=<int> can override it."""
+  """The field's default; a None default becomes a placeholder of the
+  field's type so that --config.model.<field>=<value> can override it."""
   if field.default is None:
-    return ml_collections.config_dict.placeholder(int)
+    kind = next(t for t in typing.get_args(field.type) if t is not type(None))
+    return ml_collections.config_dict.placeholder(kind)
   return field.default
 
 
@@ -84,6 +92,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       or config.num_steps < 0):
     raise ValueError(f'num_steps must be an integer >= 0 (0: evaluate only), '
                      f'got {config.num_steps!r}')
+  if (isinstance(config.decode_examples, bool)
+      or not isinstance(config.decode_examples, int)
+      or config.decode_examples < 0):
+    raise ValueError(f'decode_examples must be an integer >= 0 (0: the whole '
+                     f'split), got {config.decode_examples!r}')
   for name in _POSITIVE:
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -50,6 +50,22 @@ class Mlp(nn.Module):
     return dense(self.out_dim or cfg.d_model, ('mlp', self.out_axis), 'wo')(x)
 
 
+def head_projection(config: ModelConfig, name: str) -> nn.DenseGeneral:
+  """[..., embed] -> [..., heads, head_dim] (query, key or value)."""
+  return nn.DenseGeneral(
+      (config.num_heads, config.head_dim), dtype=config.compute_dtype,
+      param_dtype=config.storage_dtype, use_bias=False,
+      kernel_init=dense_init('embed', 'heads', 'kv'), name=name)
+
+
+def output_projection(config: ModelConfig) -> nn.DenseGeneral:
+  """[..., heads, head_dim] -> [..., embed]."""
+  return nn.DenseGeneral(
+      config.d_model, axis=(-2, -1), dtype=config.compute_dtype,
+      param_dtype=config.storage_dtype, use_bias=False,
+      kernel_init=dense_init('heads', 'kv', 'embed'), name='out')
+
+
 class SelfAttention(nn.Module):
   """Multi-head projections around segment attention (or full attention).
 
@@ -66,16 +82,9 @@ class SelfAttention(nn.Module):
                positions: Optional[jax.Array] = None,
                cache: Optional[dict] = None):
     cfg = self.config
-    project = lambda name: nn.DenseGeneral(
-        (cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
-        param_dtype=cfg.storage_dtype, use_bias=False,
-        kernel_init=dense_init('embed', 'heads', 'kv'),
-        name=name)
-    q, k, v = project('query')(x), project('key')(x), project('value')(x)
-    out_projection = nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
-        param_dtype=cfg.storage_dtype, use_bias=False,
-        kernel_init=dense_init('heads', 'kv', 'embed'), name='out')
+    q, k, v = (head_projection(cfg, name)(x)
+               for name in ('query', 'key', 'value'))
+    out_projection = output_projection(cfg)
     if positions is not None:
       out, cache = self._cached(q, k, v, positions, cache)
       return out_projection(out), cache
@@ -121,6 +130,32 @@ class SelfAttention(nn.Module):
     allowed = jnp.arange(keys.shape[1])[None, :] <= slot[:, None]
     out = decode_cache.cached_attention(q[:, 0], keys, values, allowed)
     return out[:, None], {'keys': keys, 'values': values}
+
+
+class CrossAttention(nn.Module):
+  """Decoder positions attend to the encoder's outputs (the memory).
+
+  x: [batch, length, embed]; memory: (outputs [batch, memory_len, embed],
+  mask [batch, memory_len] bool) or None when `cache` holds the memory's
+  keys and values (decoding). Returns (out [batch, length, embed], cache):
+  {'keys', 'values': [batch, memory_len, heads, head_dim], 'mask'}, computed
+  once per source and read at every decoding step.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, memory: Optional[tuple],
+               cache: Optional[dict] = None):
+    cfg = self.config
+    q = head_projection(cfg, 'query')(x)
+    if cache is None:
+      outputs, memory_mask = memory
+      cache = {'keys': head_projection(cfg, 'key')(outputs),
+               'values': head_projection(cfg, 'value')(outputs),
+               'mask': memory_mask.astype(bool)}
+    out = attention.cross_attention(q, cache['keys'], cache['values'],
+                                    key_mask=cache['mask'])
+    return output_projection(cfg)(out), cache
 
 
 class SegmentStateMerge(nn.Module):
@@ -221,23 +256,28 @@ class SMIBlock(nn.Module):
 
   With family 'simmim' this is the SMI block; 'local' drops the state merge
   and 'transformer' uses full attention, so the baselines differ from SimMIM
-  only in token mixing. Returns (x, None) so it can be scanned over layers.
+  only in token mixing. A decoder block (`cross`) also attends to the
+  encoder's outputs (`memory`, see `CrossAttention`) before its MLP. Returns
+  (x, None) so it can be scanned over layers.
 
   Decoding (causal blocks): with `positions` [batch] int and no cache, x
   holds each row's prompt and `positions` its length (prefill); with a cache,
   x [batch, 1, embed] holds each row's token at `positions` (one step).
   Both return (x, this layer's cache): {'attention': keys and values (or
   template running softmaxes), 'state_merge': states of finished segments
-  and the current segment's merge (simmim)}.
+  and the current segment's merge (simmim), 'cross_attention': the memory's
+  keys and values (decoders)}.
   """
   config: ModelConfig
   causal: bool = False
   deterministic: bool = True
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array],
                positions: Optional[jax.Array] = None,
-               cache: Optional[dict] = None):
+               cache: Optional[dict] = None,
+               memory: Optional[tuple] = None):
     cfg = self.config
     dropout = lambda y: nn.Dropout(cfg.dropout_rate)(
         y, deterministic=self.deterministic)
@@ -255,6 +295,12 @@ class SMIBlock(nn.Module):
     if cfg.uses_segment_states:
       x = x + dropout(mix(SegmentStateMerge(
           cfg, self.causal, self.deterministic, name='state_merge'), x))
+    if self.cross:
+      out, cross_cache = CrossAttention(cfg, name='cross_attention')(
+          layer_norm(cfg, 'cross_attention_norm')(x), memory,
+          None if cache is None else cache['cross_attention'])
+      new_cache['cross_attention'] = cross_cache
+      x = x + dropout(out)
     x = x + dropout(Mlp(cfg, name='mlp')(layer_norm(cfg, 'mlp_norm')(x),
                                          deterministic=self.deterministic))
     return x, (None if positions is None else new_cache)

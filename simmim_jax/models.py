@@ -4,6 +4,7 @@
   Classifier            tokens -> logits [batch, num_classes]
   DualEncoderClassifier (tokens, other_tokens) -> logits  (LRA Retrieval style)
   CausalLM              tokens -> next-token logits [batch, length, vocab]
+  Seq2Seq               (source, targets) -> next-target-token logits
 
 `build_model(config)` picks the head named by `config.head`.
 """
@@ -43,17 +44,25 @@ class Encoder(nn.Module):
   layers on axis 0. Without `cache`, tokens are each row's prompt and
   `positions` their lengths (prefill); with it, tokens [batch, 1] are each
   row's token at `positions` (one step).
+
+  A decoder (`cross`, see `Seq2Seq`) also takes `memory`: (encoder outputs
+  [batch, memory_len, embed], their mask) in the parallel pass and prefill;
+  its steps read the memory's keys and values from the cache.
   """
   config: ModelConfig
   causal: bool = False
+  cross: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
                deterministic: bool = True,
                positions: Optional[jax.Array] = None,
-               cache: Optional[dict] = None):
+               cache: Optional[dict] = None,
+               memory: Optional[tuple] = None):
     cfg = self.config
     stepping = cache is not None
+    if self.cross and memory is None and not stepping:
+      raise ValueError('a decoder needs the encoder outputs (memory)')
     checks.rank(tokens, 2, 'tokens', '[batch, length]')
     batch, length = tokens.shape
     if length > cfg.max_len:
@@ -92,22 +101,17 @@ class Encoder(nn.Module):
     per_layer = ('params', 'intermediates', 'losses', template_layer.STATS,
                  template_layer.PARAM_UPDATES, template_layer.CACHE)
     # The cache is scanned over (axis 0: one per layer); the rest is shared.
-    in_axes = ((nn.broadcast, nn.broadcast, 0) if stepping
-               else nn.broadcast)
+    in_axes = (nn.broadcast, nn.broadcast, 0 if stepping else nn.broadcast,
+               nn.broadcast)
     stack = nn.scan(
         block, variable_axes={name: 0 for name in per_layer},
         split_rngs={'params': True, 'dropout': True, 'templates': True},
         in_axes=in_axes,
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    blocks = stack(cfg, self.causal, deterministic, name='blocks')
-    if positions is None:
-      x, _ = blocks(x, mask)
-      return layers.layer_norm(cfg, 'final_norm')(x)
-    if stepping:
-      x, cache = blocks(x, mask, positions, cache)
-    else:
-      x, cache = blocks(x, mask, positions)
-    return layers.layer_norm(cfg, 'final_norm')(x), cache
+    blocks = stack(cfg, self.causal, deterministic, self.cross, name='blocks')
+    x, cache = blocks(x, mask, positions, cache, memory)
+    x = layers.layer_norm(cfg, 'final_norm')(x)
+    return x if positions is None else (x, cache)
 
 
 class _PooledEncoder(nn.Module):
@@ -169,18 +173,84 @@ class CausalLM(nn.Module):
         cache=cache)
     if positions is not None:
       x, cache = x
-    logits = nn.Dense(
-        cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-        kernel_init=layers.dense_init('embed', 'vocab'),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                               ('vocab',)),
-        name='lm_head')(x)
+    logits = _lm_head(cfg)(x)
     if positions is not None:
       return logits.astype(jnp.float32), cache
     return logits.astype(jnp.float32)
 
 
+def _lm_head(cfg: ModelConfig) -> nn.Dense:
+  return nn.Dense(
+      cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+      kernel_init=layers.dense_init('embed', 'vocab'),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                             ('vocab',)),
+      name='lm_head')
+
+
+class Seq2Seq(nn.Module):
+  """Encoder (any family) -> causal decoder with cross-attention -> logits.
+
+  source: [batch, source_len] int, source_mask its mask; targets: [batch,
+  target_len] int, the decoder's inputs (a start token, then the target),
+  target_mask its mask. Returns [batch, target_len, vocab] float32 logits,
+  output t predicting targets[:, t + 1]; it depends on targets <= t only.
+
+  The decoder is `config.decoder_config` (its family, layers and length) and
+  reads every encoder output, or with cross_attention='segment_states' only
+  each segment's first output (the encoder's segment states): O(target_len x
+  m) instead of O(target_len x source_len).
+
+  Generation (decoding.py): with `positions` the call is the prefill and
+  returns (logits, cache), the memory's keys and values in the cache;
+  `decode` with a cache is one step and never reads the source again.
+  """
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.encoder = Encoder(cfg)
+    self.decoder = Encoder(cfg.decoder_config, causal=True, cross=True)
+    self.lm_head = _lm_head(cfg)
+
+  def encode(self, source: jax.Array, source_mask: Optional[jax.Array] = None,
+             *, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The memory: (outputs [batch, memory_len, embed], mask [batch,
+    memory_len]), memory_len = source_len or its number of segments."""
+    outputs = self.encoder(source, source_mask, deterministic=deterministic)
+    if source_mask is None:
+      source_mask = jnp.ones(source.shape, bool)
+    source_mask = source_mask.astype(bool)
+    if self.config.cross_attention == 'segment_states':
+      # A segment is real when its first token is (padding is at the end).
+      step = self.config.segment_len
+      return outputs[:, ::step], source_mask[:, ::step]
+    return outputs, source_mask
+
+  def decode(self, targets: jax.Array, memory: Optional[tuple] = None,
+             target_mask: Optional[jax.Array] = None, *,
+             deterministic: bool = True,
+             positions: Optional[jax.Array] = None,
+             cache: Optional[dict] = None):
+    """Decoder logits; (logits, cache) with `positions` (see CausalLM)."""
+    x = self.decoder(targets, target_mask, deterministic=deterministic,
+                     positions=positions, cache=cache, memory=memory)
+    if positions is not None:
+      x, cache = x
+      return self.lm_head(x).astype(jnp.float32), cache
+    return self.lm_head(x).astype(jnp.float32)
+
+  def __call__(self, source: jax.Array, targets: jax.Array,
+               source_mask: Optional[jax.Array] = None,
+               target_mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True,
+               positions: Optional[jax.Array] = None):
+    memory = self.encode(source, source_mask, deterministic=deterministic)
+    return self.decode(targets, memory, target_mask,
+                       deterministic=deterministic, positions=positions)
+
+
 def build_model(config: ModelConfig) -> nn.Module:
   """The model for `config.head`."""
   return {'classifier': Classifier, 'dual_encoder': DualEncoderClassifier,
-          'lm': CausalLM}[config.head](config)
+          'lm': CausalLM, 'seq2seq': Seq2Seq}[config.head](config)

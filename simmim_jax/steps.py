@@ -52,6 +52,9 @@ def model_inputs(batch: Batch, task: str) -> tuple[jax.Array, ...]:
   if task == 'dual':
     return (batch['tokens'], batch['other_tokens'], batch['mask'],
             batch['other_mask'])
+  if task == 'seq2seq':
+    return (batch['tokens'], batch['targets'], batch['mask'],
+            batch['target_mask'])
   return batch['tokens'], batch['mask']
 
 
@@ -71,13 +74,20 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
   """Sums over the batch: loss, nll, correct predictions, count, tokens.
 
   Classification counts examples (weighted by `weight`); the LM counts
-  predicted tokens: token t+1 is predicted from tokens <= t where both are real.
+  predicted tokens: token t+1 is predicted from tokens <= t where both are real
+  (seq2seq: the same over `targets`, teacher-forced).
   """
-  if task == 'lm':
-    labels = batch['tokens'][:, 1:]
+  tokens = batch['mask'] * batch['weight'][:, None]
+  if task in ('lm', 'seq2seq'):
+    sequence, mask = ((batch['targets'], batch['target_mask'])
+                      if task == 'seq2seq' else
+                      (batch['tokens'], batch['mask']))
+    labels = sequence[:, 1:]
     logits = logits[:, :-1]
-    weights = (batch['mask'][:, 1:] & batch['mask'][:, :-1]).astype(
+    weights = (mask[:, 1:] & mask[:, :-1]).astype(
         jnp.float32) * batch['weight'][:, None]
+    if task == 'seq2seq':
+      tokens = jnp.sum(tokens) + jnp.sum(mask * batch['weight'][:, None])
   else:
     labels, weights = batch['label'], batch['weight']
   loss, nll = _cross_entropy(logits, labels, label_smoothing)
@@ -87,7 +97,7 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
       'nll_sum': jnp.sum(nll * weights),
       'correct_sum': jnp.sum(correct * weights),
       'count': jnp.sum(weights),
-      'tokens': jnp.sum(batch['mask'] * batch['weight'][:, None]),
+      'tokens': jnp.sum(tokens),
   }
 
 

@@ -26,6 +26,7 @@ from simmim_jax import data
 from simmim_jax import distill
 from simmim_jax import metrics as metrics_lib
 from simmim_jax import optim
+from simmim_jax import seq2seq_eval
 from simmim_jax import sharding
 from simmim_jax import steps
 from simmim_jax.config import ModelConfig
@@ -33,7 +34,8 @@ from simmim_jax.experiment_config import validate_config
 from simmim_jax.models import build_model
 
 RESULTS_FILE = 'results.json'
-HEADS = {'classification': 'classifier', 'dual': 'dual_encoder', 'lm': 'lm'}
+HEADS = {'classification': 'classifier', 'dual': 'dual_encoder', 'lm': 'lm',
+         'seq2seq': 'seq2seq'}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,8 +48,10 @@ def model_config(config: ml_collections.ConfigDict,
   fields = config.model.to_dict()
   derived = {'vocab_size': datasets.vocab_size, 'head': HEADS[datasets.task],
              'max_len': config.data.max_len}
-  if datasets.task != 'lm':
+  if datasets.task in ('classification', 'dual'):
     derived['num_classes'] = datasets.num_classes
+  if datasets.task == 'seq2seq':
+    derived['target_len'] = config.data.target_max_len
   for name, value in derived.items():
     if fields.get(name) is not None and fields[name] != value:
       raise ValueError(f'model.{name}={fields[name]!r} but the data needs '
@@ -62,6 +66,9 @@ def _dummy_inputs(cfg: ModelConfig, task: str) -> dict[str, jax.Array]:
   batch = {'tokens': tokens, 'mask': mask}
   if task == 'dual':
     batch.update(other_tokens=tokens, other_mask=mask)
+  if task == 'seq2seq':
+    batch.update(targets=jnp.zeros((1, cfg.target_len), jnp.int32),
+                 target_mask=jnp.ones((1, cfg.target_len), bool))
   return batch
 
 
@@ -168,11 +175,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       out_shardings=replicated, donate_argnums=(2,))
   schedule = optim.learning_rate_schedule(config)
 
-  def evaluate(params, split: str) -> dict[str, float]:
+  def evaluate(params, split: str, generation: bool = True
+               ) -> dict[str, float]:
     sums = jax.device_put(steps.empty_metrics(train=False), replicated)
     for local_batch in datasets.eval_batches(split):
       sums = eval_step(params, sharding.global_batch(local_batch, mesh), sums)
-    return steps.summarize(jax.device_get(sums), task)
+    metrics = steps.summarize(jax.device_get(sums), task)
+    if task == 'seq2seq' and generation:
+      metrics.update(seq2seq_eval.generation_metrics(
+          model, params, datasets, split, config.decode_examples))
+    return metrics
 
   logger = metrics_lib.MetricLogger(workdir, total_steps=config.num_steps,
                                     start_step=start_step,
@@ -233,13 +245,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not eval_metrics:  # resumed a finished run
     eval_metrics = {f'eval_{k}': v for k, v in
                     evaluate(state.params, config.eval_split).items()}
+  test = {}
+  if config.test_split:
+    # seq2seq: test_report below decodes the test split.
+    test = {f'test_{k}': v for k, v in
+            evaluate(state.params, config.test_split, False).items()}
   results = {
       'step': step,
       'final': eval_metrics,
       'best': best,
-      'test': ({f'test_{k}': v for k, v in
-                evaluate(state.params, config.test_split).items()}
-               if config.test_split else {}),
+      'test': test,
       'wall_seconds': time.time() - start_time,
       'model_parameters': int(sum(np.prod(x.shape)
                                   for x in jax.tree.leaves(state.params))),
@@ -248,6 +263,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'trainable_fraction': optim.trainable_fraction(state.params,
                                                      config.trainable),
   }
+  if task == 'seq2seq':  # the whole split decoded, a baseline and samples
+    report = seq2seq_eval.test_report(
+        model, state.params, datasets, config.test_split or config.eval_split,
+        0, workdir if jax.process_index() == 0 else None)
+    results['baseline'] = report.pop('baseline')
+    results['test'].update(report)
+    results['wall_seconds'] = time.time() - start_time
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
       json.dump(results, f, indent=1)

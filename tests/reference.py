@@ -34,6 +34,23 @@ def segment_attention(q, k, v, segment_len, mask=None, causal=False):
   return out
 
 
+def cross_attention(q, k, v, key_mask=None):
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  batch, q_len, heads, head_dim = q.shape
+  kv_len = k.shape[1]
+  key_mask = (np.ones((batch, kv_len), bool) if key_mask is None
+              else np.asarray(key_mask))
+  out = np.zeros_like(q)
+  for b in range(batch):
+    for h in range(heads):
+      for t in range(q_len):
+        keys = [j for j in range(kv_len) if key_mask[b, j]]
+        scores = [q[b, t, h] @ k[b, j, h] / math.sqrt(head_dim) for j in keys]
+        if keys:
+          out[b, t, h] = _softmax_weighted(scores, [v[b, j, h] for j in keys])
+  return out
+
+
 def segment_state_attention(states, w_q, w_k, w_v, mask=None, causal=False,
                             exclude_self=True):
   s, w_q, w_k, w_v = (np.asarray(a, np.float64) for a in (states, w_q, w_k, w_v))

@@ -214,6 +214,18 @@ def test_full_attention_is_one_segment(rng, causal):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_cross_attention_matches_reference(rng):
+  q = _qkv(rng, 3, 5, 2, 4)[0]
+  k, v = _qkv(rng, 3, 7, 2, 4)[1:]
+  key_mask = np.arange(7)[None, :] < np.asarray([7, 2, 0])[:, None]
+  got = simmim_jax.cross_attention(q, k, v, key_mask=key_mask)
+  np.testing.assert_allclose(got, reference.cross_attention(q, k, v, key_mask),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.any(got[2])  # a row without keys reads zeros
+  with pytest.raises(ValueError, match='k and v must be'):
+    simmim_jax.cross_attention(q, k, v[:, :, :1])
+
+
 def test_masked_softmax_empty_row_is_zero_with_finite_gradient():
   scores = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
   allowed = jnp.asarray([[True, False, True], [False, False, False]])

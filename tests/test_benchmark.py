@@ -11,7 +11,7 @@ from simmim_jax import benchmark_report
 from simmim_jax import benchmarks
 
 FILES = ('benchmark.json', 'benchmark.md', 'time_vs_length.png',
-         'memory_vs_length.png')
+         'memory_vs_length.png', 'cache_vs_length.png')
 
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,8 @@ from tests import imdb_like  # noqa: F401  (registers imdb_like)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                           'experiments', 'configs')
 VARIANTS = {'listops': ('tiny', 'small', 'small_cpu', 'lra', 'lra_cpu'),
-            'byte_lm': ('tiny', 'small'), 'tfds_text': ('lra', 'tiny')}
+            'byte_lm': ('tiny', 'small'), 'tfds_text': ('lra', 'tiny'),
+            'docstrings': ('tiny', 'small')}
 
 
 def _load(name):

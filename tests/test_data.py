@@ -10,8 +10,10 @@ import tensorflow_datasets as tfds
 
 from simmim_jax import data
 from simmim_jax.data import byte_corpus
+from simmim_jax.data import docstrings
 from simmim_jax.data import listops
 from tests import imdb_like
+from tests import translation_like
 
 tfds.disable_progress_bar()
 
@@ -56,10 +58,11 @@ def take(loader, n):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  """lra_listops/tiny, byte_lm/small and imdb_like, built once."""
+  """The local builders and the test-only ones, built once."""
   path = str(tmp_path_factory.mktemp('tfds'))
-  for name in ('lra_listops/tiny', 'byte_lm/small', 'imdb_like/plain_text',
-               'imdb_like/pairs'):
+  for name in ('lra_listops/tiny', 'byte_lm/small', 'stdlib_docstrings/small',
+               'imdb_like/plain_text', 'imdb_like/pairs',
+               'translation_like/de_en'):
     tfds.builder(name, data_dir=path).download_and_prepare()
   return path
 
@@ -338,6 +341,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     ({}, {'global_batch_size': 7, 'process_count': 2, 'process_index': 0},
      'global_batch_size'),
     ({}, {'seed': -1}, 'seed'),
+    ({'name': 'tfds', 'dataset': 'imdb_like/plain_text', 'target_key': 'text'},
+     {}, 'target_key'),
+    ({'name': 'tfds', 'dataset': 'translation_like/de_en', 'input_key': 'de',
+      'target_key': 'fr', 'label_key': None}, {}, 'data.target_key'),
+    ({'target_max_len': 0}, {}, 'data.target_max_len'),
 ])
 def test_bad_config_values(data_dir, fields, kwargs, match):
   args = dict(global_batch_size=8, eval_batch_size=8, seed=0)
@@ -345,3 +353,99 @@ def test_bad_config_values(data_dir, fields, kwargs, match):
   cfg = ml_collections.ConfigDict(dict(data_dir=data_dir, **fields))
   with pytest.raises(ValueError, match=match):
     data.create_datasets(cfg, **args)
+
+
+_MODULE = '''
+def documented(a, b=1):
+    """Add two numbers. The rest is detail.
+
+    More text.
+    """
+    return a + b
+
+
+class Box:
+    def method(self):
+        \'\'\'Return the box, e.g. a crate!  Or not.\'\'\'
+        return self
+
+    def only_a_docstring(self):
+        """Nothing else."""
+
+    def one_line(self): "Skipped: shares a line with the def."; return 1
+
+    def no_sentence_end(self):
+        """Returns   a value
+        over two lines"""
+        return 2
+'''
+
+
+def test_docstring_examples_remove_the_docstring_and_keep_its_first_sentence():
+  got = {name: (source, target) for _, name, source, target in
+         docstrings.function_examples(_MODULE)}
+  assert sorted(got) == ['documented', 'method', 'no_sentence_end']
+  assert got['documented'] == ('def documented(a, b=1):\n    return a + b\n',
+                               'Add two numbers.')
+  assert got['method'] == ('def method(self):\n    return self\n',
+                           'Return the box, e.g. a crate!')
+  assert got['no_sentence_end'][1] == 'Returns a value over two lines'
+  assert docstrings.first_sentence('Use v1.2 of it. Then go.') == (
+      'Use v1.2 of it.')
+  # The split is a function of (seed, module): seeded and by module.
+  paths = [f'pkg/module_{i}.py' for i in range(400)]
+  splits = [docstrings.split_of(p, 0) for p in paths]
+  assert splits == [docstrings.split_of(p, 0) for p in paths]
+  assert splits != [docstrings.split_of(p, 1) for p in paths]
+  assert 0.8 < splits.count('train') / 400 < 0.97
+
+
+def test_stdlib_docstrings_split_by_module(data_dir):
+  modules = {}
+  for split in ('train', 'validation', 'test'):
+    records = all_records(data_dir, 'stdlib_docstrings/small', split)
+    assert records
+    modules[split] = {r['module'].decode() for r in records}
+    assert all(docstrings.split_of(m, 0) == split for m in modules[split])
+  assert not (modules['train'] & modules['validation'] | modules['train'] &
+              modules['test'] | modules['validation'] & modules['test'])
+  record = records[0]  # test split: the target left the source
+  target = record['target'].decode()
+  assert target and target.split()[0] not in ('"""', "'''")
+  assert target not in ' '.join(record['source'].decode().split())
+  ds = data.create_datasets(
+      config(name='stdlib_docstrings', builder_config='small',
+             data_dir=data_dir, max_len=256, target_max_len=32),
+      global_batch_size=4, eval_batch_size=4, seed=0)
+  assert (ds.task, ds.vocab_size, ds.start_id, ds.end_id) == (
+      'seq2seq', 259, 257, 258)
+
+
+def test_generic_tfds_seq2seq(data_dir):
+  ds = data.create_datasets(
+      imdb_config(data_dir, dataset='translation_like/de_en', input_key='de',
+                  target_key='en', label_key=None, max_len=32,
+                  target_max_len=16),
+      global_batch_size=4, eval_batch_size=4, seed=0)
+  assert ds.task == 'seq2seq'
+  batch = take(ds.train, 1)[0]
+  assert set(batch) == {'tokens', 'mask', 'targets', 'target_mask', 'weight'}
+  assert batch['targets'].shape == (4, 16)
+  assert np.all(batch['targets'][:, 0] == ds.start_id)
+  pairs = set()
+  for b in ds.eval_batches('test'):
+    for tokens, targets, w in zip(b['tokens'], b['targets'], b['weight']):
+      if w:
+        pairs.add((ds.decode_text(tokens), ds.decode_text(targets)))
+  # 16 target tokens: the start token and up to 15 bytes (and the end).
+  assert pairs == {(de, en[:15]) for de, en in map(
+      translation_like.pair, range(200, 224))}
+  # The first examples in stored order, batched in that order.
+  elements, batches = ds.first_examples('test', 6)
+  batches = list(batches)
+  assert [b['tokens'].shape for b in batches] == [(4, 32), (4, 32)]
+  rows = [(ds.decode_text(t), ds.decode_text(y)) for b in batches
+          for t, y, w in zip(b['tokens'], b['targets'], b['weight']) if w]
+  assert rows == [(ds.feature_text(e['de']), ds.feature_text(e['en'])[:15])
+                  for e in elements]
+  assert len(rows) == 6 and set(rows) <= pairs

@@ -34,34 +34,41 @@ def _tokens(length, batch=3, seed=0):
       0, VOCAB, (batch, length)), jnp.int32)
 
 
-@pytest.mark.parametrize('family, attention_kind', KINDS)
-def test_cached_decoding_equals_the_parallel_pass(family, attention_kind):
-  model, params, forward = _lm(family, attention_kind)
-  tokens = _tokens(23)  # ends inside a segment
-  want = np.asarray(forward(tokens))
-  # Ragged prompts: one ends on a segment boundary, one is a single token.
-  lengths = jnp.asarray([5, 8, 1])
+def _stepwise_logits(model, params, tokens, lengths, source=None):
+  """[batch, length, vocab]: prefill over tokens[b, :lengths[b]], then one
+  decode_step per later position; `source` (Seq2Seq): (tokens, mask)."""
+  length, prefill_len = tokens.shape[1], int(lengths.max())
 
   @jax.jit
-  def cached_logits(tokens):
-    logits, cache = decoding.prefill(model, params, tokens[:, :9], lengths,
-                                     23)
+  def run(tokens, source):
+    logits, cache = decoding.prefill(model, params, tokens[:, :prefill_len],
+                                     lengths, length, source)
     def step(cache, offset):
       # Finished rows repeat their last position; their results are unused.
-      positions = jnp.minimum(lengths + offset, 22)
+      positions = jnp.minimum(lengths + offset, length - 1)
       newest = jnp.take_along_axis(tokens, positions[:, None], axis=1)[:, 0]
       out, cache = decoding.decode_step(model, params, cache, newest,
                                         positions)
       return cache, out
-    _, steps = jax.lax.scan(step, cache, jnp.arange(22))
+    _, steps = jax.lax.scan(step, cache, jnp.arange(length - 1))
     return logits, steps  # steps: [offset, batch, vocab]
 
-  logits, steps = map(np.asarray, cached_logits(tokens))
-  got = np.zeros_like(want)
-  for row, length in enumerate(lengths.tolist()):
-    got[row, :length] = logits[row, :length]
-    got[row, length:] = steps[:23 - length, row]
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+  logits, steps = map(np.asarray, run(tokens, source))
+  got = np.zeros(tokens.shape + logits.shape[-1:], logits.dtype)
+  for row, prompt_len in enumerate(lengths.tolist()):
+    got[row, :prompt_len] = logits[row, :prompt_len]
+    got[row, prompt_len:] = steps[:length - prompt_len, row]
+  return got
+
+
+@pytest.mark.parametrize('family, attention_kind', KINDS)
+def test_cached_decoding_equals_the_parallel_pass(family, attention_kind):
+  model, params, forward = _lm(family, attention_kind)
+  tokens = _tokens(23)  # ends inside a segment
+  # Ragged prompts: one ends on a segment boundary, one is a single token.
+  lengths = jnp.asarray([5, 8, 1])
+  np.testing.assert_allclose(_stepwise_logits(model, params, tokens, lengths),
+                             forward(tokens), rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize('family, attention_kind', KINDS[:3])
@@ -181,6 +188,95 @@ def test_bad_generate_input_is_a_clear_error(change, message):
 def test_a_model_without_a_language_head_is_refused():
   cfg = ModelConfig(vocab_size=VOCAB, d_model=16, num_heads=2, max_len=32,
                     segment_len=4)
-  with pytest.raises(ValueError, match='CausalLM'):
+  with pytest.raises(ValueError, match='CausalLM .* or a Seq2Seq'):
     decoding.generate(simmim_jax.Classifier(cfg), {},
                       jnp.zeros((1, 4), jnp.int32), max_new_tokens=2)
+
+
+# Seq2Seq: (encoder family, decoder family, attention kind, cross_attention).
+SEQ2SEQ = [('simmim', 'simmim', 'softmax', 'full'),
+           ('transformer', 'local', 'softmax', 'segment_states'),
+           ('local', 'transformer', 'templates', 'full')]
+
+
+@functools.lru_cache(maxsize=None)
+def _seq2seq(encoder, decoder, attention_kind, cross_attention):
+  cfg = ModelConfig(vocab_size=VOCAB, head='seq2seq', family=encoder,
+                    decoder_family=decoder, attention_kind=attention_kind,
+                    cross_attention=cross_attention, num_templates=3,
+                    d_model=16, num_heads=2, num_layers=1, decoder_layers=2,
+                    mlp_dim=32, max_len=24, target_len=15, segment_len=4)
+  model = simmim_jax.Seq2Seq(cfg)
+  params = jax.jit(model.init)(jax.random.key(0),
+                               jnp.zeros((1, 24), jnp.int32),
+                               jnp.zeros((1, 15), jnp.int32))['params']
+  forward = jax.jit(lambda source, mask, targets: model.apply(
+      {'params': params}, source, targets, mask))
+  return model, params, forward
+
+
+def _source():
+  """[3, 24] source tokens with ragged masks (24, 10 and 3 real tokens)."""
+  mask = np.arange(24)[None, :] < np.asarray([24, 10, 3])[:, None]
+  return _tokens(24, seed=3) * mask, jnp.asarray(mask)
+
+
+@pytest.mark.parametrize('case', SEQ2SEQ)
+def test_seq2seq_cached_decoding_equals_the_parallel_pass(case):
+  model, params, forward = _seq2seq(*case)
+  source, mask = _source()
+  targets = _tokens(15, seed=4)
+  want = np.asarray(forward(source, mask, targets))
+  lengths = jnp.asarray([1, 4, 8])
+  got = _stepwise_logits(model, params, targets, lengths, (source, mask))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+  # init_cache runs the encoder: a loop can start at position 0.
+  cache = decoding.init_cache(model, params, 3, 15, source=source,
+                              source_mask=mask)
+  first, _ = decoding.decode_step(model, params, cache, targets[:, 0],
+                                  jnp.zeros(3, jnp.int32))
+  np.testing.assert_allclose(first, want[:, 0], rtol=1e-5, atol=2e-6)
+  # The decoder reads the source: another source, other logits.
+  other = np.asarray(forward(source[::-1], mask[::-1], targets))
+  assert np.abs(other - want).max() > 1e-3
+
+
+def test_seq2seq_greedy_generate_and_its_cache():
+  model, params, forward = _seq2seq(*SEQ2SEQ[1])
+  source, mask = _source()
+  prompt = jnp.ones((3, 1), jnp.int32)
+  out = decoding.generate(model, params, prompt, max_new_tokens=14,
+                          source=source, source_mask=mask)
+  assert out.shape == (3, 15)
+  logits = np.asarray(forward(source, mask, out))[:, :-1]
+  chosen = np.take_along_axis(logits, np.asarray(out[:, 1:])[..., None],
+                              axis=2)[..., 0]
+  assert np.all(chosen >= logits.max(axis=2) - 1e-4)
+  # segment_states: cross keys and values of the 6 segment states only.
+  cache = jax.eval_shape(lambda s: decoding.init_cache(
+      model, params, 3, 15, source=s), source)
+  assert cache['cross_attention']['keys'].shape == (2, 3, 6, 2, 8)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(source=None), 'needs source'),
+    (dict(source=jnp.zeros((2, 24), jnp.int32)), 'source has 2 rows'),
+    (dict(source=jnp.zeros((3, 25), jnp.int32)), 'longer than .*max_len 24'),
+    (dict(source=jnp.full((3, 24), VOCAB)), 'source'),
+    (dict(source_mask=jnp.ones((3, 5), bool)), 'source_mask'),
+    (dict(max_new_tokens=15), r'1 \+ 15 exceeds .*max_len 15'),
+])
+def test_bad_seq2seq_generate_input_is_a_clear_error(change, message):
+  model, params, _ = _seq2seq(*SEQ2SEQ[0])
+  kwargs = dict(prompt=jnp.ones((3, 1), jnp.int32), max_new_tokens=4,
+                source=jnp.ones((3, 24), jnp.int32))
+  kwargs.update(change)
+  with pytest.raises(ValueError, match=message):
+    decoding.generate(model, params, **kwargs)
+
+
+def test_a_causal_lm_takes_no_source():
+  model, params, _ = _lm('local', 'softmax')
+  with pytest.raises(ValueError, match='takes no source'):
+    decoding.generate(model, params, jnp.ones((1, 2), jnp.int32),
+                      max_new_tokens=2, source=jnp.ones((1, 4), jnp.int32))

@@ -291,3 +291,37 @@ def test_template_attention_trains_with_its_vq_loss(tmp_path, data_dir):
              if 'train_loss' in r]
   assert all(r['train_aux_loss'] > 0 for r in records)
   assert all(np.isfinite(r['train_loss']) for r in records)
+
+
+def test_seq2seq_run_scores_generation_against_a_baseline(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from experiments.configs import docstrings  # pylint: disable=g-import-not-at-top
+  from tests import translation_like  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / 'tfds')
+  tfds.builder('translation_like/de_en', data_dir=data_dir
+               ).download_and_prepare()
+  config = docstrings.get_config('tiny')
+  config.data.update(name='tfds', dataset='translation_like/de_en',
+                     input_key='de', target_key='en', label_key=None,
+                     data_dir=data_dir, max_len=32, target_max_len=16)
+  m = config.model
+  m.d_model, m.num_heads, m.num_layers, m.decoder_layers, m.mlp_dim = (
+      32, 2, 1, 1, 64)
+  m.segment_len, m.cross_attention = 8, 'segment_states'
+  config.update(batch_size=8, eval_batch_size=8, num_steps=4, warmup_steps=1,
+                log_every=2, eval_every=4, checkpoint_every=4,
+                decode_examples=0, progress=False)
+  _, results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert {'eval_loss', 'eval_accuracy', 'eval_bleu', 'eval_chrf'} <= set(
+      results['final'])
+  test, baseline = results['test'], results['baseline']
+  assert {'test_loss', 'test_accuracy', 'test_bleu', 'test_chrf'} <= set(test)
+  assert baseline['target'] == 'it is zero.'
+  assert baseline['train_examples_counted'] == 48
+  assert 0 <= baseline['test_chrf'] <= 100 and 0 <= test['test_chrf'] <= 100
+  on_disk = json.load(open(tmp_path / 'run' / 'results.json'))
+  assert on_disk['baseline']['test_chrf'] == baseline['test_chrf']
+  samples = open(tmp_path / 'run' / 'samples.txt', encoding='utf-8').read()
+  assert samples.count('=== test example') == 20
+  german, english = translation_like.pair(201)
+  assert f'--- source\n{german}\n--- reference\n{english}\n' in samples

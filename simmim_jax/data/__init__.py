@@ -1,10 +1,13 @@
-"""Data layer: ListOps, a byte-level LM corpus and any TFDS dataset.
+"""Data layer: ListOps, a byte-level LM corpus, stdlib docstrings (seq2seq)
+and any TFDS dataset.
 
-Importing this package registers the TFDS builders `lra_listops` and
-`byte_lm`, so `tfds.builder('lra_listops/tiny', data_dir=...)` works offline.
+Importing this package registers the TFDS builders `lra_listops`, `byte_lm`
+and `stdlib_docstrings`, so `tfds.builder('lra_listops/tiny',
+data_dir=...)` works offline.
 """
 
 from simmim_jax.data.byte_corpus import ByteLm
+from simmim_jax.data.docstrings import StdlibDocstrings
 from simmim_jax.data.listops import LraListops
 from simmim_jax.data.listops import decode_listops
 from simmim_jax.data.listops import encode_listops

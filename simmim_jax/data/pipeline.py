@@ -1,9 +1,10 @@
 """Input pipelines: TFDS array-record datasets -> padded numpy batches.
 
-`create_datasets(config, ...)` reads `lra_listops`, `byte_lm` or any TFDS
-dataset prepared in array-record format (no TensorFlow needed) and returns an
-infinite, seeded, per-process grain loader for training plus finite padded
-passes for evaluation. Token id 0 is padding; real ids are >= 1.
+`create_datasets(config, ...)` reads `lra_listops`, `byte_lm`,
+`stdlib_docstrings` or any TFDS dataset prepared in array-record format (no
+TensorFlow needed) and returns an infinite, seeded, per-process grain loader
+for training plus finite padded passes for evaluation. Token id 0 is
+padding; real ids are >= 1.
 """
 
 import dataclasses
@@ -17,13 +18,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simmim_jax.data import byte_corpus
+from simmim_jax.data import docstrings
 from simmim_jax.data import listops
 
-NAMES = ('lra_listops', 'byte_lm', 'tfds')
+NAMES = ('lra_listops', 'byte_lm', 'stdlib_docstrings', 'tfds')
 ENCODINGS = ('bytes', 'ids')
 BYTE_VOCAB_SIZE = 257  # byte b -> id b + 1
+# seq2seq targets: start token, target ids, end token; both after the ids.
+TARGET_SPECIAL_TOKENS = 2
 _LOCAL_BUILDERS = {'lra_listops': listops.LraListops,
-                   'byte_lm': byte_corpus.ByteLm}
+                   'byte_lm': byte_corpus.ByteLm,
+                   'stdlib_docstrings': docstrings.StdlibDocstrings}
 
 
 def _optional_str():
@@ -34,14 +39,17 @@ def _optional_str():
 def default_data_config() -> ml_collections.ConfigDict:
   """The `data` sub-config with every field at its default."""
   return ml_collections.ConfigDict({
-      'name': 'lra_listops',      # 'lra_listops' | 'byte_lm' | 'tfds'
+      'name': 'lra_listops',      # 'lra_listops' | 'byte_lm' |
+                                  # 'stdlib_docstrings' | 'tfds'
       'builder_config': 'tiny',   # lra_listops: tiny|small|standard|lra_release
-                                  # byte_lm: small|full
+                                  # byte_lm, stdlib_docstrings: small|full
       'data_dir': _optional_str(),           # TFDS data dir; None = TFDS default
       'manual_dir': _optional_str(),         # lra_release TSVs (None: TFDS default,
                                   # <data_dir>/downloads/manual)
       'prepare': True,            # build lra_listops / byte_lm when absent
-      'max_len': 128,             # pad / truncate every sequence to this
+      'max_len': 128,             # pad / truncate every input to this
+      'target_max_len': 128,      # seq2seq: pad / truncate targets (with
+                                  # their start and end tokens) to this
       'train_split': 'train',
       'eval_splits': ('validation', 'test'),
       'worker_count': 0,          # grain worker processes (0: in this one);
@@ -52,7 +60,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       'dataset': '',              # e.g. 'imdb_reviews/plain_text:1.0.0'
       'input_key': 'text',        # feature with the (first) input sequence
       'other_input_key': _optional_str(),    # second input: task 'dual'
-      'label_key': 'label',       # None: task 'lm'
+      'label_key': 'label',       # None: task 'lm' (or 'seq2seq')
+      'target_key': _optional_str(),         # set: task 'seq2seq', input ->
+                                  # this feature (set label_key=None)
       'num_classes': 0,           # 0: from the label's ClassLabel feature
       'encoding': 'bytes',        # 'bytes': text as utf-8; 'ids': int sequence
       'vocab_size': 0,            # 'ids': values in [0, vocab_size), id = v + 1
@@ -62,24 +72,38 @@ def default_data_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass
 class _Spec:
   """What one dataset's examples hold and how they become tokens."""
-  task: str                 # 'classification' | 'dual' | 'lm'
-  vocab_size: int           # including pad id 0
+  task: str                 # 'classification' | 'dual' | 'lm' | 'seq2seq'
+  vocab_size: int           # including pad id 0 (and seq2seq's specials)
   num_classes: int          # 0 for 'lm'
   encoding: str             # 'listops' | 'bytes' | 'ids'
   input_key: str
   other_input_key: Optional[str]
   label_key: Optional[str]
+  target_key: Optional[str] = None
+
+  @property
+  def start_id(self) -> Optional[int]:
+    """seq2seq: the token every target starts with (end_id ends it)."""
+    if self.target_key is None:
+      return None
+    return self.vocab_size - TARGET_SPECIAL_TOKENS
+
+  @property
+  def end_id(self) -> Optional[int]:
+    return None if self.target_key is None else self.vocab_size - 1
 
 
 class _Encode(grain.transforms.Map):
-  """TFDS example -> `tokens`, `mask`[, `other_*`][, `label`], `weight`."""
+  """TFDS example -> `tokens`, `mask`[, `other_*`][, `label`][, `targets`,
+  `target_mask`], `weight`."""
 
-  def __init__(self, spec: _Spec, max_len: int):
+  def __init__(self, spec: _Spec, max_len: int, target_max_len: int = 0):
     self.spec = spec
     self.max_len = max_len
+    self.target_max_len = target_max_len
 
   def ids(self, value: Any) -> np.ndarray:
-    """Token ids int32 [<= max_len] of one feature value, all >= 1."""
+    """Token ids int32 of one feature value, all >= 1."""
     spec = self.spec
     if spec.encoding == 'listops':
       ids = listops.encode_listops(_text(value, spec.input_key))
@@ -101,13 +125,15 @@ class _Encode(grain.transforms.Map):
         raise ValueError(f'id {bad} outside [0, vocab_size='
                          f'{spec.vocab_size - 1}) of the data config')
       ids = values.astype(np.int32) + 1
-    return ids[:self.max_len]  # LRA truncates long inputs too
+    return ids
 
   def padded(self, value: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids = self.ids(value)
-    tokens = np.zeros(self.max_len, np.int32)
-    tokens[:len(ids)] = ids
-    return tokens, np.arange(self.max_len) < len(ids)
+    return _pad(self.ids(value), self.max_len)  # LRA truncates inputs too
+
+  def padded_target(self, value: Any) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.concatenate([[self.spec.start_id], self.ids(value),
+                          [self.spec.end_id]]).astype(np.int32)
+    return _pad(ids, self.target_max_len)
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     spec = self.spec
@@ -122,8 +148,19 @@ class _Encode(grain.transforms.Map):
         raise ValueError(f'label {label} outside [0, num_classes='
                          f'{spec.num_classes})')
       out['label'] = np.int32(label)
+    if spec.target_key is not None:
+      out['targets'], out['target_mask'] = self.padded_target(
+          element[spec.target_key])
     out['weight'] = np.float32(1.0)
     return out
+
+
+def _pad(ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids cut or zero-padded to `length`, mask of the real ones)."""
+  ids = ids[:length]
+  tokens = np.zeros(length, np.int32)
+  tokens[:len(ids)] = ids
+  return tokens, np.arange(length) < len(ids)
 
 
 def _text(value: Any, key: str) -> str:
@@ -141,17 +178,26 @@ class Datasets:
   Batches are dicts of numpy arrays with B = global batch // process_count:
   `tokens` int32 [B, max_len] (0 = pad), `mask` bool [B, max_len] (True =
   real token), `weight` float32 [B] (0 = padding example) and, by task,
-  `label` int32 [B] (classification, dual) and `other_tokens`, `other_mask`
-  (dual).
+  `label` int32 [B] (classification, dual), `other_tokens`, `other_mask`
+  (dual), and `targets` int32 [B, target_max_len], `target_mask` (seq2seq:
+  start_id, the target's ids, end_id).
   """
   task: str
   vocab_size: int
   num_classes: int
   train: grain.DataLoader
   eval_splits: tuple[str, ...]
-  _eval_sources: dict[str, Any] = dataclasses.field(repr=False)
-  _encode: _Encode = dataclasses.field(repr=False)
-  _pad: dict[str, np.ndarray] = dataclasses.field(repr=False)
+  start_id: Optional[int] = None  # seq2seq's target start and end tokens
+  end_id: Optional[int] = None
+  encoding: str = 'bytes'         # how decode_text reads ids back
+  input_key: str = ''             # feature names of the raw examples
+  target_key: Optional[str] = None
+  _train_source: Any = dataclasses.field(default=None, repr=False)
+  _eval_sources: dict[str, Any] = dataclasses.field(default_factory=dict,
+                                                    repr=False)
+  _encode: Optional[_Encode] = dataclasses.field(default=None, repr=False)
+  _pad: dict[str, np.ndarray] = dataclasses.field(default_factory=dict,
+                                                  repr=False)
   _eval_batch_size: int = 0
   _process_index: int = 0
   _process_count: int = 1
@@ -172,9 +218,54 @@ class Datasets:
     size = self._eval_batch_size
     for first in range(0, per_process, size):
       indices = range(start + first, min(start + first + size, stop))
-      examples = [self._encode.map(source[i]) for i in indices]
-      examples += [self._pad] * (size - len(examples))
-      yield {k: np.stack([e[k] for e in examples]) for k in self._pad}
+      yield self._batch([source[i] for i in indices], size)
+
+  def _batch(self, elements, size) -> dict[str, np.ndarray]:
+    examples = [self._encode.map(e) for e in elements]
+    examples += [self._pad] * (size - len(examples))
+    return {k: np.stack([e[k] for e in examples]) for k in self._pad}
+
+  @property
+  def train_source(self):
+    """The training split's raw examples (random access)."""
+    return self._train_source
+
+  def _source(self, split: str):
+    if split == 'train':
+      return self._train_source
+    if split not in self._eval_sources:
+      raise ValueError(f'split {split!r} is not one of eval_splits '
+                       f'{self.eval_splits}')
+    return self._eval_sources[split]
+
+  def first_examples(self, split: str, limit: int = 0) -> tuple[
+      list[dict[str, Any]], Iterator[dict[str, np.ndarray]]]:
+    """The first `limit` raw examples of `split` (0: all) and their padded
+    batches of eval_batch_size * process_count rows, in order and the same
+    on every process (for generation, which each process runs whole)."""
+    source = self._source(split)
+    count = len(source) if not limit else min(limit, len(source))
+    elements = [source[i] for i in range(count)]
+    size = self._eval_batch_size * self._process_count
+    batches = (self._batch(elements[first:first + size], size)
+               for first in range(0, count, size))
+    return elements, batches
+
+  def decode_text(self, ids: np.ndarray) -> str:
+    """Token ids (pad, start and end ids dropped; cut at the first end id)
+    -> text: utf-8 of the bytes, or ids (data value = id - 1) joined by
+    spaces."""
+    ids = np.asarray(ids)
+    if self.end_id is not None and np.any(ids == self.end_id):
+      ids = ids[:np.argmax(ids == self.end_id)]
+    ids = ids[(ids > 0) & (ids != self.start_id)] - 1
+    if self.encoding == 'bytes':
+      return bytes(ids.astype(np.uint8).tolist()).decode('utf-8', 'replace')
+    return ' '.join(str(i) for i in ids.tolist())
+
+  def feature_text(self, value: Any) -> str:
+    """A target feature's value as the text `decode_text` would give."""
+    return self.decode_text(self._encode.ids(value))
 
 
 def _nonnegative_int(value: Any, name: str, positive: bool = False) -> int:
@@ -200,6 +291,7 @@ def validate_data_config(config: Any) -> ml_collections.ConfigDict:
   if cfg.name not in NAMES:
     raise ValueError(f'data.name must be one of {NAMES}, got {cfg.name!r}')
   _nonnegative_int(cfg.max_len, 'data.max_len', positive=True)
+  _nonnegative_int(cfg.target_max_len, 'data.target_max_len', positive=True)
   _nonnegative_int(cfg.worker_count, 'data.worker_count')
   _nonnegative_int(cfg.read_threads, 'data.read_threads', positive=True)
   if not isinstance(cfg.prepare, bool):
@@ -217,6 +309,13 @@ def validate_data_config(config: Any) -> ml_collections.ConfigDict:
     if cfg.encoding == 'ids':
       _nonnegative_int(cfg.vocab_size, 'data.vocab_size', positive=True)
     _nonnegative_int(cfg.num_classes, 'data.num_classes')
+    if cfg.target_key is not None and (cfg.label_key is not None
+                                       or cfg.other_input_key is not None):
+      raise ValueError('data.target_key (seq2seq) needs data.label_key=None '
+                       'and data.other_input_key=None')
+    if cfg.target_key is not None and cfg.target_max_len < 2:
+      raise ValueError(f'data.target_max_len must hold the start and end '
+                       f'tokens (>= 2), got {cfg.target_max_len}')
   elif cfg.builder_config not in _builder_configs(cfg.name):
     raise ValueError(
         f'data.builder_config must be one of {_builder_configs(cfg.name)} '
@@ -276,8 +375,11 @@ def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
                  'listops', 'source', None, 'target')
   if cfg.name == 'byte_lm':
     return _Spec('lm', BYTE_VOCAB_SIZE, 0, 'bytes', 'text', None, None)
+  if cfg.name == 'stdlib_docstrings':
+    return _Spec('seq2seq', BYTE_VOCAB_SIZE + TARGET_SPECIAL_TOKENS, 0,
+                 'bytes', 'source', None, None, 'target')
   features = info.features
-  for field in ('input_key', 'other_input_key', 'label_key'):
+  for field in ('input_key', 'other_input_key', 'label_key', 'target_key'):
     key = cfg[field]
     if key is not None and key not in features:
       raise ValueError(f'data.{field}={key!r} is not a feature of '
@@ -289,13 +391,16 @@ def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
     if not num_classes:
       raise ValueError(f'data.num_classes must be set: feature '
                        f'{cfg.label_key!r} is not a ClassLabel')
-  task = ('lm' if cfg.label_key is None else
+  task = ('seq2seq' if cfg.target_key is not None else
+          'lm' if cfg.label_key is None else
           'classification' if cfg.other_input_key is None else 'dual')
   if task == 'lm' and cfg.other_input_key is not None:
     raise ValueError('data.other_input_key needs a data.label_key (dual task)')
   vocab = BYTE_VOCAB_SIZE if cfg.encoding == 'bytes' else cfg.vocab_size + 1
+  if task == 'seq2seq':
+    vocab += TARGET_SPECIAL_TOKENS
   return _Spec(task, vocab, num_classes, cfg.encoding, cfg.input_key,
-               cfg.other_input_key, cfg.label_key)
+               cfg.other_input_key, cfg.label_key, cfg.target_key)
 
 
 def _split_name(split: str, field: str, info: tfds.core.DatasetInfo) -> str:
@@ -353,7 +458,7 @@ def create_datasets(config: ml_collections.ConfigDict, *,
                       for s in cfg.eval_splits)
   sources = builder.as_data_source(split=[train_split, *eval_splits])
   train_source, eval_sources = sources[0], dict(zip(eval_splits, sources[1:]))
-  encode = _Encode(spec, cfg.max_len)
+  encode = _Encode(spec, cfg.max_len, cfg.target_max_len)
   if len(train_source) < process_count:
     raise ValueError(f'split {train_split} has {len(train_source)} examples, '
                      f'fewer than the {process_count} processes')
@@ -376,6 +481,10 @@ def create_datasets(config: ml_collections.ConfigDict, *,
   return Datasets(
       task=spec.task, vocab_size=spec.vocab_size,
       num_classes=spec.num_classes, train=train, eval_splits=eval_splits,
-      _eval_sources=eval_sources, _encode=encode, _pad=pad,
+      start_id=spec.start_id, end_id=spec.end_id,
+      encoding='ids' if spec.encoding == 'ids' else 'bytes',
+      input_key=spec.input_key, target_key=spec.target_key,
+      _train_source=train_source, _eval_sources=eval_sources,
+      _encode=encode, _pad=pad,
       _eval_batch_size=local_batch['eval_batch_size'],
       _process_index=process_index, _process_count=process_count)
