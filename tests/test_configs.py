@@ -72,6 +72,15 @@ def test_byte_lm_trains_and_reports_bits_per_byte(tmp_path):
   assert 0 < bits < 9  # a byte has 8 bits; a barely trained model ~5-8
   assert results['best']['value'] == min(
       results['best']['value'], bits)
+  # experiments/generate.py: the best checkpoint continues a prompt.
+  from experiments import generate  # pylint: disable=g-import-not-at-top
+  model, params, step = generate.load_lm(str(tmp_path / 'run'))
+  assert step == results['best']['step']
+  text = generate.continue_text(model, params, 'def ', max_new_tokens=6)
+  assert text.startswith('def ') and text == generate.continue_text(
+      model, params, 'def ', max_new_tokens=6)
+  with pytest.raises(FileNotFoundError, match='holds no run'):
+    generate.load_lm(str(tmp_path))
 
 
 @pytest.fixture(scope='module')
