@@ -7,20 +7,12 @@ Loads the run's best checkpoint (by its config's best_metric; the latest if
 it kept none), continues the prompt and prints prompt and continuation.
 """
 
-import json
-import os
-
 import jax
-import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 
-from simmim_jax import checkpoints
 from simmim_jax import decoding
-from simmim_jax import models
-from simmim_jax.config import ModelConfig
-from simmim_jax.data.pipeline import BYTE_VOCAB_SIZE
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a finished byte-LM run')
 _PROMPT = flags.DEFINE_string('prompt', 'def ', 'text to continue')
@@ -32,51 +24,13 @@ _SEED = flags.DEFINE_integer('seed', 0, 'sampling seed')
 flags.mark_flags_as_required(['workdir'])
 
 
-def load_lm(workdir: str):
-  """(CausalLM, params, step) of a byte-LM run's best (else latest) step."""
-  saved = checkpoints.load_config(workdir)
-  if saved is None:
-    raise FileNotFoundError(f'{workdir!r} holds no run (no config.json)')
-  if saved['data'].get('name') != 'byte_lm':
-    raise ValueError(f'{workdir!r} is a {saved["data"].get("name")!r} run; '
-                     'generation needs a byte_lm run')
-  fields = {**saved['model'], 'vocab_size': BYTE_VOCAB_SIZE, 'head': 'lm',
-            'max_len': saved['data']['max_len']}
-  model = models.CausalLM(ModelConfig.from_dict(fields))
-  step = None
-  results = os.path.join(workdir, 'results.json')
-  if os.path.exists(results):
-    with open(results) as f:
-      step = (json.load(f).get('best') or {}).get('step')
-  checkpointer = checkpoints.Checkpointer(workdir, keep=1)
-  try:
-    if step is None or not os.path.isdir(checkpointer.step_dir(step)):
-      step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir!r} holds no checkpoint')
-    params = checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
-  return model, params, step
-
-
-def continue_text(model, params, prompt: str, **sampling) -> str:
-  """The prompt's utf-8 bytes continued; ids are byte + 1 (0 pads)."""
-  ids = np.frombuffer(prompt.encode('utf-8'), np.uint8).astype(np.int32) + 1
-  if not ids.size:
-    raise ValueError('the prompt must hold at least one byte')
-  out = decoding.generate(model, params, ids[None], **sampling)
-  data = bytes(int(i) - 1 for i in np.asarray(out[0]) if i > 0)
-  return data.decode('utf-8', errors='replace')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  model, params, step = load_lm(_WORKDIR.value)
+  model, params, step = decoding.load_byte_lm(_WORKDIR.value)
   print(f'# {_WORKDIR.value}, step {step}, family {model.config.family}')
-  print(continue_text(
+  print(decoding.continue_text(
       model, params, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
       rng=jax.random.key(_SEED.value)))

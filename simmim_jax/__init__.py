@@ -25,6 +25,7 @@ from simmim_jax.models import CausalLM
 from simmim_jax.models import Classifier
 from simmim_jax.models import DualEncoderClassifier
 from simmim_jax.models import Encoder
+from simmim_jax.models import MaskedModel
 from simmim_jax.models import Seq2Seq
 from simmim_jax.models import build_model
 from simmim_jax.template_cache import apply_with_cache

@@ -13,7 +13,7 @@ from simmim_jax import checks
 from simmim_jax import hierarchy
 
 FAMILIES = ('simmim', 'local', 'transformer')
-HEADS = ('classifier', 'dual_encoder', 'lm', 'seq2seq')
+HEADS = ('classifier', 'dual_encoder', 'lm', 'seq2seq', 'masked')
 CROSS_ATTENTIONS = ('full', 'segment_states')
 POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
@@ -35,7 +35,7 @@ class ModelConfig:
   """
   vocab_size: int                  # token ids are in [0, vocab_size)
   head: str = 'classifier'         # 'classifier' | 'dual_encoder' | 'lm'
-                                   # | 'seq2seq'
+                                   # | 'seq2seq' | 'masked'
   num_classes: int = 2             # classifier and dual-encoder outputs
   family: str = 'simmim'           # 'simmim' | 'local' | 'transformer'
   d_model: int = 128               # width of the residual stream
@@ -73,6 +73,8 @@ class ModelConfig:
   target_len: Optional[int] = None  # longest decoder input; None = max_len
   cross_attention: str = 'full'    # decoder reads 'full' encoder outputs |
                                    # only the encoder's 'segment_states'
+  # head='masked': logits from the token embedding's transpose (or a dense)
+  tied_output: bool = True
 
   def __post_init__(self):
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
@@ -121,7 +123,7 @@ class ModelConfig:
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
     for name in ('segment_states', 'exclude_self', 'ffn_merge',
-                 'per_level_weights', 'remat'):
+                 'per_level_weights', 'remat', 'tied_output'):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f'{name} must be True or False, got '
                          f'{getattr(self, name)!r}')

@@ -6,7 +6,7 @@ head (k-means), and swap the centres in as the template library of an
 otherwise identical model with attention_kind='templates'.
 """
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -159,15 +159,20 @@ def swap_in_library(template_params: Any, source_params: Any,
         raise ValueError(f'library has shape {library.shape}, the model needs '
                          f'{np.shape(value)}')
       merged[path] = jnp.asarray(library, value.dtype)
-    elif path not in flat_source:
-      raise ValueError(f'parameter {"/".join(path)} is not in the source model')
-    elif np.shape(flat_source[path]) != np.shape(value):
-      raise ValueError(f'parameter {"/".join(path)} has shape '
-                       f'{np.shape(flat_source[path])} in the source model, '
-                       f'{np.shape(value)} here')
     else:
-      merged[path] = flat_source[path]
+      merged[path] = _matching(flat_source, path, value, 'source model')
   return traverse_util.unflatten_dict(merged)
+
+
+def _matching(flat_source: dict, path: tuple, value: Any, source: str) -> Any:
+  """flat_source[path], which must exist with the shape of `value`."""
+  if path not in flat_source:
+    raise ValueError(f'parameter {"/".join(path)} is not in the {source}')
+  if np.shape(flat_source[path]) != np.shape(value):
+    raise ValueError(f'parameter {"/".join(path)} has shape '
+                     f'{np.shape(flat_source[path])} in the {source}, '
+                     f'{np.shape(value)} here')
+  return flat_source[path]
 
 
 def load_trained_params(workdir: str) -> tuple[Any, dict]:
@@ -186,14 +191,39 @@ def load_trained_params(workdir: str) -> tuple[Any, dict]:
   return params, saved_config
 
 
+def pretrained_objective(workdir: str) -> Optional[str]:
+  """The objective of the run in `workdir` ('' -> None: no run given)."""
+  if not workdir:
+    return None
+  from simmim_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  saved = checkpoints.load_config(workdir)
+  return None if saved is None else saved.get('objective', 'supervised')
+
+
+def pretrained_encoder(fresh_params: Any, source_params: Any) -> Any:
+  """fresh_params with every 'encoder' parameter from a masked-pretraining
+  run's; the rest (pooling, task head) stays fresh. Raises ValueError naming
+  a parameter the source lacks or has in another shape."""
+  flat_source = traverse_util.flatten_dict(source_params)
+  merged = {}
+  for path, value in traverse_util.flatten_dict(fresh_params).items():
+    merged[path] = (value if path[0] != 'encoder' else
+                    _matching(flat_source, path, value, 'pretrained encoder'))
+  return traverse_util.unflatten_dict(merged)
+
+
 def initial_params(config, model, datasets, fresh_params: Any) -> Any:
   """Parameters to start a run from `config.init_from`: the trained run's
   parameters, plus (for a template model) a library that is fresh
   (template_init 'random') or fitted to the trained model's queries
-  ('kmeans')."""
+  ('kmeans'). From a masked-pretraining run into another objective, only
+  its encoder (`pretrained_encoder`)."""
   from simmim_jax import models  # pylint: disable=g-import-not-at-top
   from simmim_jax.config import ModelConfig  # pylint: disable=g-import-not-at-top
   source_params, saved = load_trained_params(config.init_from)
+  if (saved.get('objective') == 'masked'
+      and config.objective != 'masked'):
+    return pretrained_encoder(fresh_params, source_params)
   fresh = traverse_util.flatten_dict(fresh_params)
   library_paths = [p for p in fresh if p[-len(LIBRARY_PATH):] == LIBRARY_PATH]
   if not library_paths:  # same kind of model: take every parameter

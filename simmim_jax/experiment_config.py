@@ -58,6 +58,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Start from another run's trained parameters (its workdir; '' = none);
   # a template model gets its library per template_init.
   config.init_from = ''
+  # 'supervised' (the task's labels) | 'masked': masked-token prediction on
+  # the task's inputs, labels unused (classification and dual tasks); its
+  # metrics are eval_masked_loss / eval_masked_accuracy.
+  config.objective = 'supervised'
+  config.masking = ml_collections.ConfigDict()
+  config.masking.ratio = 0.15      # fraction of real positions (or segments)
+  config.masking.mode = 'token'    # 'token' (80/10/10) | 'span' | 'segment'
+  config.masking.mean_span = 3     # 'span': mean span length
   config.template_init = 'kmeans'  # 'kmeans' (fit to the queries) | 'random'
   config.distill_queries = 20000   # queries collected per layer for k-means
   config.trainable = 'all'         # 'all' | 'templates_and_head' (PEFT)
@@ -130,6 +138,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.best_mode not in ('max', 'min'):
     raise ValueError(f"best_mode must be 'max' or 'min', got "
                      f'{config.best_mode!r}')
+  if config.objective not in ('supervised', 'masked'):
+    raise ValueError(f"objective must be 'supervised' or 'masked', got "
+                     f'{config.objective!r}')
+  unknown = sorted(set(config.masking.keys()) - set(known.masking.keys()))
+  if unknown:
+    raise ValueError(f'unknown masking field(s) {unknown}')
+  from simmim_jax import masking  # pylint: disable=g-import-not-at-top
+  if config.masking.mode not in masking.MODES:
+    raise ValueError(f'masking.mode must be one of {list(masking.MODES)}, '
+                     f'got {config.masking.mode!r}')
+  if not 0 < config.masking.ratio < 1:
+    raise ValueError(f'masking.ratio must be in (0, 1), got '
+                     f'{config.masking.ratio}')
+  if (isinstance(config.masking.mean_span, bool)
+      or not isinstance(config.masking.mean_span, int)
+      or config.masking.mean_span < 1):
+    raise ValueError(f'masking.mean_span must be a positive integer, got '
+                     f'{config.masking.mean_span!r}')
+  if (config.objective == 'masked') != config.best_metric.startswith(
+      'eval_masked_'):
+    raise ValueError(
+        f"best_metric={config.best_metric!r} does not fit objective="
+        f"{config.objective!r}: masked runs report eval_masked_loss and "
+        f"eval_masked_accuracy, supervised runs the task's metrics")
   if not config.best_metric.startswith('eval_'):
     raise ValueError(f"best_metric must be an eval metric ('eval_...'), got "
                      f'{config.best_metric!r}')

@@ -5,6 +5,7 @@
   DualEncoderClassifier (tokens, other_tokens) -> logits  (LRA Retrieval style)
   CausalLM              tokens -> next-token logits [batch, length, vocab]
   Seq2Seq               (source, targets) -> next-target-token logits
+  MaskedModel           tokens -> logits [batch, length, vocab] (pretraining)
 
 `build_model(config)` picks the head named by `config.head`.
 """
@@ -179,6 +180,33 @@ class CausalLM(nn.Module):
     return logits.astype(jnp.float32)
 
 
+class MaskedModel(nn.Module):
+  """Encoder -> [batch, length, vocab] float32 logits at every position:
+  masked-token prediction (config.objective='masked'; masking.py).
+
+  With `tied_output` the output projection is the token embedding's
+  transpose plus a bias, otherwise its own dense layer. Its encoder's
+  parameters are what a fine-tuning run (`init_from`) loads.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    encoder = Encoder(cfg, name='encoder')
+    x = encoder(tokens, mask, deterministic=deterministic)
+    if not cfg.tied_output:
+      return _lm_head(cfg)(x).astype(jnp.float32)
+    table = nn.unbox(encoder.variables['params']['token_embedding'][
+        'embedding'])
+    bias = self.param('output_bias', nn.with_logical_partitioning(
+        nn.initializers.zeros, ('vocab',)), (cfg.vocab_size,),
+                      cfg.storage_dtype)
+    logits = jnp.einsum('ble,ve->blv', x, table.astype(x.dtype))
+    return (logits + bias.astype(x.dtype)).astype(jnp.float32)
+
+
 def _lm_head(cfg: ModelConfig) -> nn.Dense:
   return nn.Dense(
       cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
@@ -253,4 +281,5 @@ class Seq2Seq(nn.Module):
 def build_model(config: ModelConfig) -> nn.Module:
   """The model for `config.head`."""
   return {'classifier': Classifier, 'dual_encoder': DualEncoderClassifier,
-          'lm': CausalLM, 'seq2seq': Seq2Seq}[config.head](config)
+          'lm': CausalLM, 'seq2seq': Seq2Seq,
+          'masked': MaskedModel}[config.head](config)

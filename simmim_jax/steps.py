@@ -5,7 +5,7 @@ host between logging steps; `summarize` turns sums into means.
 """
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from flax import struct
 from flax import traverse_util
 from flax.training import train_state
 
+from simmim_jax import masking as masking_lib
 from simmim_jax import template_layer
 
 Batch = dict[str, jax.Array]
@@ -47,8 +48,27 @@ def apply_param_updates(params: Any, updates: Any) -> Any:
   return traverse_util.unflatten_dict(flat)
 
 
+def masked_batch(batch: Batch, task: str, spec: masking_lib.MaskingSpec,
+                 keys: jax.Array) -> Batch:
+  """A batch for masked-token prediction: `tokens` corrupted, `targets`
+  the originals, `chosen` the positions scored. A dual task's two inputs are
+  stacked as rows. keys: [rows] PRNG keys, or None for content keys (eval)."""
+  tokens, mask, weight = batch['tokens'], batch['mask'], batch['weight']
+  if task == 'dual':
+    tokens = jnp.concatenate([tokens, batch['other_tokens']])
+    mask = jnp.concatenate([mask, batch['other_mask']])
+    weight = jnp.concatenate([weight, weight])
+  if keys is None:
+    keys = masking_lib.content_keys(tokens)
+  corrupted, chosen = masking_lib.mask_batch(keys, tokens, mask, spec)
+  return {'tokens': corrupted, 'mask': mask, 'targets': tokens,
+          'chosen': chosen, 'weight': weight}
+
+
 def model_inputs(batch: Batch, task: str) -> tuple[jax.Array, ...]:
   """The positional model arguments for a batch of `task`."""
+  if task == 'masked':
+    return batch['tokens'], batch['mask']
   if task == 'dual':
     return (batch['tokens'], batch['other_tokens'], batch['mask'],
             batch['other_mask'])
@@ -75,10 +95,14 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
 
   Classification counts examples (weighted by `weight`); the LM counts
   predicted tokens: token t+1 is predicted from tokens <= t where both are real
-  (seq2seq: the same over `targets`, teacher-forced).
+  (seq2seq: the same over `targets`, teacher-forced); 'masked' (see
+  masked_batch) counts the chosen positions.
   """
   tokens = batch['mask'] * batch['weight'][:, None]
-  if task in ('lm', 'seq2seq'):
+  if task == 'masked':
+    labels = batch['targets']
+    weights = batch['chosen'] * batch['weight'][:, None]
+  elif task in ('lm', 'seq2seq'):
     sequence, mask = ((batch['targets'], batch['target_mask'])
                       if task == 'seq2seq' else
                       (batch['tokens'], batch['mask']))
@@ -104,10 +128,13 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
 SUM_NAMES = ('loss_sum', 'nll_sum', 'correct_sum', 'count', 'tokens')
 
 
-def empty_metrics(train: bool = True) -> Metrics:
+def empty_metrics(train: bool = True, masked: bool = False) -> Metrics:
   """A zero accumulator; the train one also counts steps and remembers the
-  first step whose loss was not finite (-1 = none yet)."""
+  first step whose loss was not finite (-1 = none yet); the masked eval one
+  also counts the baseline's correct predictions."""
   metrics = {name: jnp.zeros((), jnp.float32) for name in SUM_NAMES}
+  if masked and not train:
+    metrics['baseline_correct_sum'] = jnp.zeros((), jnp.float32)
   if train:
     metrics['aux_loss_sum'] = jnp.zeros((), jnp.float32)
     metrics['steps'] = jnp.zeros((), jnp.float32)
@@ -115,25 +142,35 @@ def empty_metrics(train: bool = True) -> Metrics:
   return metrics
 
 
-def make_train_step(task: str, label_smoothing: float = 0.0) -> Callable:
+def make_train_step(task: str, label_smoothing: float = 0.0,
+                    masking: Optional[masking_lib.MaskingSpec] = None
+                    ) -> Callable:
   """Returns train_step(state, batch, metrics, dropout_key) -> (state, metrics).
 
   Dropout randomness is fold_in(dropout_key, step), so a resumed run draws the
-  same masks as an uninterrupted one.
+  same masks as an uninterrupted one. With `masking` the step trains
+  masked-token prediction on the batch's inputs (labels unused).
   """
   def train_step(state: TrainState, batch: Batch, metrics: Metrics,
                  dropout_key: jax.Array):
     rng = jax.random.fold_in(dropout_key, state.step)
+    step_task = task
+    if masking is not None:
+      rows = batch['tokens'].shape[0] * (2 if task == 'dual' else 1)
+      batch = masked_batch(batch, task, masking,
+                           jax.random.split(jax.random.fold_in(rng, 2), rows))
+      step_task = 'masked'
 
     def loss_fn(params):
       # Layers may sow auxiliary losses (e.g. the template library's VQ
       # loss), update their model_state and propose parameter updates.
       logits, variables = state.apply_fn(
-          {'params': params, **state.model_state}, *model_inputs(batch, task),
+          {'params': params, **state.model_state},
+          *model_inputs(batch, step_task),
           deterministic=False,
           rngs={'dropout': rng, 'templates': jax.random.fold_in(rng, 1)},
           mutable=['losses', template_layer.PARAM_UPDATES, *STATE_COLLECTIONS])
-      sums = metric_sums(logits, batch, task, label_smoothing)
+      sums = metric_sums(logits, batch, step_task, label_smoothing)
       aux_loss = sum((jnp.sum(x) for x in
                       jax.tree.leaves(variables.get('losses', {}))),
                      jnp.zeros((), jnp.float32))
@@ -158,11 +195,26 @@ def make_train_step(task: str, label_smoothing: float = 0.0) -> Callable:
   return train_step
 
 
-def make_eval_step(apply_fn: Callable, task: str) -> Callable:
-  """Returns eval_step(params, batch, metrics) -> metrics (sums added)."""
+def make_eval_step(apply_fn: Callable, task: str,
+                   masking: Optional[masking_lib.MaskingSpec] = None,
+                   baseline_id: int = -1) -> Callable:
+  """Returns eval_step(params, batch, metrics) -> metrics (sums added).
+
+  With `masking`, each example is masked by a key from its own tokens (the
+  same in every eval), and `baseline_correct_sum` counts the chosen
+  positions whose token is `baseline_id` (the always-this-token baseline).
+  """
   def eval_step(params: Any, batch: Batch, metrics: Metrics) -> Metrics:
-    logits = apply_fn({'params': params}, *model_inputs(batch, task))
-    sums = metric_sums(logits, batch, task)
+    step_task = task
+    if masking is not None:
+      batch = masked_batch(batch, task, masking, None)
+      step_task = 'masked'
+    logits = apply_fn({'params': params}, *model_inputs(batch, step_task))
+    sums = metric_sums(logits, batch, step_task)
+    if masking is not None:
+      sums['baseline_correct_sum'] = jnp.sum(
+          (batch['targets'] == baseline_id) * batch['chosen']
+          * batch['weight'][:, None])
     return {name: metrics[name] + sums[name] for name in sums}
   return eval_step
 
@@ -170,8 +222,12 @@ def make_eval_step(apply_fn: Callable, task: str) -> Callable:
 def summarize(sums: dict[str, float], task: str) -> dict[str, float]:
   """Means from accumulated sums: loss, accuracy, and bits per byte (LM)."""
   count = max(float(sums['count']), 1.0)
-  out = {'loss': float(sums['loss_sum']) / count,
-         'accuracy': float(sums['correct_sum']) / count}
+  prefix = 'masked_' if task == 'masked' else ''
+  out = {f'{prefix}loss': float(sums['loss_sum']) / count,
+         f'{prefix}accuracy': float(sums['correct_sum']) / count}
+  if 'baseline_correct_sum' in sums:
+    out['masked_baseline_accuracy'] = (
+        float(sums['baseline_correct_sum']) / count)
   if task == 'lm':
     out['bits_per_byte'] = float(sums['nll_sum']) / count / math.log(2)
   if float(sums.get('aux_loss_sum', 0.0)):

@@ -40,7 +40,7 @@ def point_row(point, workdir: str, status: str,
     with open(status_path) as f:
       row['error'] = json.load(f).get('error', '')
   records = metrics_lib.read_metrics(directory)
-  train = [r for r in records if 'train_loss' in r]
+  train = [r for r in records if 'step_seconds' in r]  # any objective
   if train:
     row['last_step'] = train[-1]['step']
     row['train_seconds'] = _train_seconds(train, math.inf)

@@ -24,6 +24,7 @@ from simmim_jax import checkpoints
 from simmim_jax import cost
 from simmim_jax import data
 from simmim_jax import distill
+from simmim_jax import masking
 from simmim_jax import metrics as metrics_lib
 from simmim_jax import optim
 from simmim_jax import seq2seq_eval
@@ -44,9 +45,16 @@ class NonFiniteLossError(FloatingPointError):
 
 def model_config(config: ml_collections.ConfigDict,
                  datasets: data.Datasets) -> ModelConfig:
-  """config.model plus the fields the data decides (checked if given)."""
+  """config.model plus the fields the data decides (checked if given).
+
+  Masked pretraining, and fine-tuning from it, add one token id after the
+  data's: the mask token."""
   fields = config.model.to_dict()
-  derived = {'vocab_size': datasets.vocab_size, 'head': HEADS[datasets.task],
+  masked = config.objective == 'masked'
+  vocab = datasets.vocab_size + (masked or distill.pretrained_objective(
+      config.init_from) == 'masked')
+  derived = {'vocab_size': vocab,
+             'head': 'masked' if masked else HEADS[datasets.task],
              'max_len': config.data.max_len}
   if datasets.task in ('classification', 'dual'):
     derived['num_classes'] = datasets.num_classes
@@ -122,6 +130,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   task = datasets.task
   cfg = model_config(config, datasets)
   model = build_model(cfg)
+  spec, baseline_id = None, -1
+  if config.objective == 'masked':
+    if task not in ('classification', 'dual'):
+      raise ValueError(f"objective='masked' needs a classification or dual "
+                       f"task's inputs; this data's task is {task!r}")
+    spec = masking.MaskingSpec(
+        ratio=config.masking.ratio, mode=config.masking.mode,
+        mean_span=config.masking.mean_span, segment_len=cfg.segment_len,
+        mask_id=cfg.vocab_size - 1)
+    baseline_id = datasets.most_frequent_input_token()
+  # What the steps compute: the data's task, or masked-token prediction.
+  step_task = 'masked' if spec is not None else task
   mesh = sharding.mesh_from_config(config)
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % mesh.shape['data']:
@@ -131,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   def init_state(rng):
     variables = model.init(rng, *steps.model_inputs(_dummy_inputs(cfg, task),
-                                                    task))
+                                                    step_task))
     return steps.TrainState.create(
         apply_fn=model.apply, params=variables['params'], tx=tx,
         model_state=steps.model_state(variables))
@@ -166,21 +186,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
-      steps.make_train_step(task, config.label_smoothing),
+      steps.make_train_step(task, config.label_smoothing, spec),
       in_shardings=(state_sharding, batch_sharding, replicated, replicated),
       out_shardings=(state_sharding, replicated), donate_argnums=(0, 2))
   eval_step = jax.jit(
-      steps.make_eval_step(model.apply, task),
+      steps.make_eval_step(model.apply, task, spec, baseline_id),
       in_shardings=(state_sharding.params, batch_sharding, replicated),
       out_shardings=replicated, donate_argnums=(2,))
   schedule = optim.learning_rate_schedule(config)
 
   def evaluate(params, split: str, generation: bool = True
                ) -> dict[str, float]:
-    sums = jax.device_put(steps.empty_metrics(train=False), replicated)
+    sums = jax.device_put(
+        steps.empty_metrics(train=False, masked=spec is not None), replicated)
     for local_batch in datasets.eval_batches(split):
       sums = eval_step(params, sharding.global_batch(local_batch, mesh), sums)
-    metrics = steps.summarize(jax.device_get(sums), task)
+    metrics = steps.summarize(jax.device_get(sums), step_task)
     if task == 'seq2seq' and generation:
       metrics.update(seq2seq_eval.generation_metrics(
           model, params, datasets, split, config.decode_examples))
@@ -211,13 +232,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if step % config.log_every == 0 or is_last:
           seconds = time.perf_counter() - window_start
           train_metrics = {f'train_{k}': v
-                           for k, v in steps.summarize(sums, task).items()}
+                           for k, v in steps.summarize(sums, step_task).items()}
           train_metrics.update(
               learning_rate=float(schedule(step - 1)),
               step_seconds=seconds / max(float(sums['steps']), 1.0),
               tokens_per_second=float(sums['tokens']) / seconds)
           logger.write(step, train_metrics)
-          logger.show_progress(step, {'loss': train_metrics['train_loss']})
+          logger.show_progress(step, {'loss': train_metrics[
+              f'train_{"masked_" if spec else ""}loss']})
           accumulated = jax.device_put(steps.empty_metrics(), replicated)
           window_start = time.perf_counter()
       if evaluate_now:
@@ -259,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'model_parameters': int(sum(np.prod(x.shape)
                                   for x in jax.tree.leaves(state.params))),
       'forward_flops_per_example': forward_flops(model, state.params, cfg,
-                                                 task),
+                                                 task, step_task),
       'trainable_fraction': optim.trainable_fraction(state.params,
                                                      config.trainable),
   }
@@ -270,18 +292,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     results['baseline'] = report.pop('baseline')
     results['test'].update(report)
     results['wall_seconds'] = time.time() - start_time
+  if spec is not None:  # always the most frequent token of the inputs
+    results['baseline'] = {
+        'eval_masked_accuracy': eval_metrics['eval_masked_baseline_accuracy'],
+        'token_id': baseline_id}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
       json.dump(results, f, indent=1)
   return state, results
 
 
-def forward_flops(model, params, cfg: ModelConfig, task: str) -> float:
+def forward_flops(model, params, cfg: ModelConfig, task: str,
+                  step_task: Optional[str] = None) -> float:
   """FLOPs of one example's forward pass at max_len (batches are padded to
   it), counted on the traced program (cost.jaxpr_flops)."""
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         params)
-  inputs = steps.model_inputs(_dummy_inputs(cfg, task), task)
+  inputs = steps.model_inputs(_dummy_inputs(cfg, task), step_task or task)
   return cost.jaxpr_flops(lambda p, *x: model.apply({'params': p}, *x),
                           shapes, *inputs)
 

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from simmim_jax import attention_maps
 from simmim_jax import build_model
 from simmim_jax import data
+from simmim_jax import decoding
 from simmim_jax import experiment_config
 from simmim_jax import train
 from tests import imdb_like  # noqa: F401  (registers imdb_like)
@@ -72,15 +73,14 @@ def test_byte_lm_trains_and_reports_bits_per_byte(tmp_path):
   assert 0 < bits < 9  # a byte has 8 bits; a barely trained model ~5-8
   assert results['best']['value'] == min(
       results['best']['value'], bits)
-  # experiments/generate.py: the best checkpoint continues a prompt.
-  from experiments import generate  # pylint: disable=g-import-not-at-top
-  model, params, step = generate.load_lm(str(tmp_path / 'run'))
+  # experiments/generate.py's steps: the best checkpoint continues a prompt.
+  model, params, step = decoding.load_byte_lm(str(tmp_path / 'run'))
   assert step == results['best']['step']
-  text = generate.continue_text(model, params, 'def ', max_new_tokens=6)
-  assert text.startswith('def ') and text == generate.continue_text(
+  text = decoding.continue_text(model, params, 'def ', max_new_tokens=6)
+  assert text.startswith('def ') and text == decoding.continue_text(
       model, params, 'def ', max_new_tokens=6)
   with pytest.raises(FileNotFoundError, match='holds no run'):
-    generate.load_lm(str(tmp_path))
+    decoding.load_byte_lm(str(tmp_path))
 
 
 @pytest.fixture(scope='module')
@@ -106,3 +106,21 @@ def test_pair_task_trains_the_dual_encoder(tmp_path, pairs_dir):
       batch['mask'], batch['other_mask'])
   assert maps['segment'].shape == (8, 4, 2, 16, 16)
   assert maps['state'].shape == (8, 4, 4)
+
+
+def test_pair_task_pretrains_on_both_inputs_and_fine_tunes(tmp_path, pairs_dir):
+  config = _shrink(_load('tfds_text').get_config('tiny'), pairs_dir,
+                   dataset='imdb_like/pairs', other_input_key='other_text')
+  config.update(objective='masked', best_metric='eval_masked_accuracy',
+                test_split='')
+  config.masking.mode = 'segment'
+  _, pretrained = train.train_and_evaluate(config, str(tmp_path / 'pre'))
+  assert 0 <= pretrained['final']['eval_masked_accuracy'] <= 1
+  assert 0 < pretrained['baseline']['eval_masked_accuracy'] <= 1
+  config.update(objective='supervised', best_metric='eval_accuracy',
+                init_from=str(tmp_path / 'pre'))
+  state, results = train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  assert 0 <= results['final']['eval_accuracy'] <= 1
+  # One token more than the data's: the pretraining's mask token.
+  assert state.params['encoder']['token_embedding']['embedding'].shape[0] == (
+      258)

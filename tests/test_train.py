@@ -243,6 +243,9 @@ def test_two_processes_train_in_agreement(tmp_path, data_dir):
     ('mesh.shape', (3, 1), r'mesh.shape \[3, 1\] needs 3 devices'),
     ('batch_size', 6, "batch_size 6 is not divisible by the mesh's data"),
     ('data.max_len', 0, 'data.max_len must be a positive integer'),
+    ('objective', 'mlm', "objective must be 'supervised' or 'masked'"),
+    ('masking.mode', 'random', 'masking.mode must be one of'),
+    ('masking.ratio', 1.0, r'masking.ratio must be in \(0, 1\)'),
 ])
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, data_dir, field,
                                                     value, message):

@@ -230,6 +230,19 @@ class Datasets:
     """The training split's raw examples (random access)."""
     return self._train_source
 
+  def most_frequent_input_token(self, limit: int = 10_000) -> int:
+    """The most frequent token id of the first `limit` training inputs
+    (both inputs of a dual task; padding not counted), ties to the
+    smaller id: the masked objective's baseline prediction."""
+    counts = np.zeros(self.vocab_size + 1, np.int64)
+    for i in range(min(limit, len(self._train_source))):
+      example = self._encode.map(self._train_source[i])
+      for key in ('tokens', 'other_tokens'):
+        if key in example:
+          counts += np.bincount(example[key], minlength=len(counts))
+    counts[0] = 0
+    return int(np.argmax(counts))
+
   def _source(self, split: str):
     if split == 'train':
       return self._train_source

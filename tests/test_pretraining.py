@@ -1,0 +1,155 @@
+"""Masked self-pretraining: masking invariants, the run, fine-tuning from it."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simmim_jax import masking
+from simmim_jax import train
+from tests import train_worker
+
+MASK_ID = 20
+
+
+def _spec(mode, ratio=0.25):
+  return masking.MaskingSpec(ratio=ratio, mode=mode, mean_span=3,
+                             segment_len=8, mask_id=MASK_ID)
+
+
+def _batch(rows=64, length=64, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(9, length + 1, rows)
+  mask = np.arange(length)[None, :] < lengths[:, None]
+  tokens = rng.integers(1, MASK_ID, (rows, length)) * mask
+  return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask)
+
+
+@pytest.mark.parametrize('mode', masking.MODES)
+def test_masking_hides_about_ratio_of_real_positions_and_never_padding(mode):
+  tokens, mask = _batch()
+  keys = jax.random.split(jax.random.key(0), tokens.shape[0])
+  corrupted, chosen = map(np.asarray, masking.mask_batch(
+      keys, tokens, mask, _spec(mode)))
+  mask, tokens = np.asarray(mask), np.asarray(tokens)
+  assert not np.any(chosen & ~mask)
+  assert np.all(chosen.sum(1) >= 1)
+  np.testing.assert_array_equal(corrupted[~chosen], tokens[~chosen])
+  fraction = chosen.sum() / mask.sum()
+  assert 0.15 < fraction < 0.35, fraction
+  if mode == 'token':  # 80% mask token, 10% random, 10% kept
+    replaced = corrupted[chosen]
+    assert 0.7 < np.mean(replaced == MASK_ID) < 0.9
+    assert np.all((replaced >= 1) & (replaced <= MASK_ID))
+  else:
+    assert np.all(corrupted[chosen] == MASK_ID)
+  if mode == 'segment':  # whole segments (their real positions)
+    segments = (chosen | ~mask).reshape(chosen.shape[0], -1, 8)
+    touched = chosen.reshape(chosen.shape[0], -1, 8).any(-1)
+    assert np.all(segments.all(-1)[touched])
+  if mode == 'span':  # runs longer than one position on average
+    starts = chosen & ~np.pad(chosen, ((0, 0), (1, 0)))[:, :-1]
+    assert chosen.sum() / starts.sum() > 1.8
+
+
+def test_masking_is_per_row_and_eval_keys_come_from_the_content():
+  tokens, mask = _batch(rows=8)
+  spec = _spec('token')
+  keys = jax.random.split(jax.random.key(3), 8)
+  whole = masking.mask_batch(keys, tokens, mask, spec)[1]
+  part = masking.mask_batch(keys[2:5], tokens[2:5], mask[2:5], spec)[1]
+  np.testing.assert_array_equal(whole[2:5], part)
+  content = masking.content_keys(tokens)
+  np.testing.assert_array_equal(
+      masking.mask_batch(content, tokens, mask, spec)[1][3],
+      masking.mask_batch(masking.content_keys(tokens[3:4]), tokens[3:4],
+                         mask[3:4], spec)[1][0])
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('pretrain'))
+  config = train_worker.small_config(
+      data_dir, objective='masked', best_metric='eval_masked_accuracy',
+      num_steps=40, eval_every=20, log_every=10, checkpoint_every=20,
+      learning_rate=3e-3)
+  state, results = train.train_and_evaluate(config, workdir)
+  return workdir, state, results
+
+
+def test_masked_pretraining_beats_the_most_frequent_token(pretrained):
+  workdir, _, results = pretrained
+  on_disk = json.load(open(f'{workdir}/results.json'))
+  final, baseline = on_disk['final'], on_disk['baseline']
+  assert final['eval_masked_accuracy'] > baseline['eval_masked_accuracy'] > 0
+  records = [json.loads(line) for line in open(f'{workdir}/metrics.jsonl')]
+  assert all('train_masked_loss' in r for r in records if r['step'] % 10 == 0
+             and 'learning_rate' in r)
+  assert results['final'] == final
+
+
+def test_fine_tuning_loads_the_encoder_and_starts_a_fresh_head(
+    pretrained, tmp_path, data_dir):
+  source_dir, source_state, _ = pretrained
+  config = train_worker.small_config(data_dir, init_from=source_dir,
+                                     num_steps=0, warmup_steps=0)
+  state, results = train.train_and_evaluate(config, str(tmp_path))
+  assert 'eval_accuracy' in results['final']
+  source = train_worker.flat_params(source_state.params)
+  loaded = train_worker.flat_params(state.params)
+  encoder = [k for k in loaded if k.startswith("['encoder']")]
+  assert encoder and all(k in source for k in encoder)
+  for name in encoder:
+    np.testing.assert_array_equal(loaded[name], source[name], err_msg=name)
+  # The head (and pooling) are a fresh model's: the same run from scratch.
+  fresh, _ = train.train_and_evaluate(
+      train_worker.small_config(data_dir, num_steps=0, warmup_steps=0),
+      str(tmp_path / 'new'))
+  fresh = train_worker.flat_params(fresh.params)
+  head = [k for k in loaded if k.startswith("['head']")]
+  assert head
+  for name in head:
+    np.testing.assert_array_equal(loaded[name], fresh[name], err_msg=name)
+
+
+def test_masked_objective_needs_a_masked_best_metric(tmp_path, data_dir):
+  config = train_worker.small_config(data_dir, objective='masked')
+  with pytest.raises(ValueError, match='best_metric=.eval_accuracy. does not '
+                     'fit objective=.masked.'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_masked_resume_equals_uninterrupted(tmp_path, data_dir):
+  def run(workdir, num_steps):
+    config = train_worker.small_config(
+        data_dir, objective='masked', best_metric='eval_masked_loss',
+        best_mode='min', num_steps=num_steps, eval_every=2,
+        checkpoint_every=2)
+    return train_worker.flat_params(
+        train.train_and_evaluate(config, str(workdir))[0].params)
+
+  straight = run(tmp_path / 'straight', 4)
+  run(tmp_path / 'resumed', 2)
+  resumed = run(tmp_path / 'resumed', 4)
+  assert straight.keys() == resumed.keys()
+  for name in straight:
+    np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+
+
+def test_a_changed_encoder_shape_is_refused_by_name():
+  from simmim_jax import distill  # pylint: disable=g-import-not-at-top
+  fresh = {'encoder': {'token_embedding': {'embedding': np.zeros((5, 4))}},
+           'head': {'kernel': np.zeros((4, 2))}}
+  source = {'encoder': {'token_embedding': {'embedding': np.ones((5, 8))}}}
+  with pytest.raises(ValueError, match=r'encoder/token_embedding/embedding '
+                     r'has shape \(5, 8\) in the pretrained encoder'):
+    distill.pretrained_encoder(fresh, source)
+  with pytest.raises(ValueError, match='encoder/token_embedding/embedding is '
+                     'not in the pretrained encoder'):
+    distill.pretrained_encoder(fresh, {'encoder': {}})
+  source['encoder']['token_embedding']['embedding'] = np.ones((5, 4))
+  merged = distill.pretrained_encoder(fresh, source)
+  assert merged['encoder']['token_embedding']['embedding'].sum() == 20
+  assert merged['head'] is fresh['head'] or np.all(merged['head']['kernel'] == 0)
