@@ -125,8 +125,8 @@ def test_masked_resume_equals_uninterrupted(tmp_path, data_dir):
   def run(workdir, num_steps):
     config = train_worker.small_config(
         data_dir, objective='masked', best_metric='eval_masked_loss',
-        best_mode='min', num_steps=num_steps, eval_every=2,
-        checkpoint_every=2)
+        best_mode='min', num_steps=num_steps, eval_every=4,
+        checkpoint_every=2, eval_batch_size=1000)
     return train_worker.flat_params(
         train.train_and_evaluate(config, str(workdir))[0].params)
 

@@ -143,8 +143,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir, uninterrupted):
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, data_dir, monkeypatch):
   real = steps.make_train_step
 
-  def poisoned(task, label_smoothing=0.0):
-    step_fn = real(task, label_smoothing)
+  def poisoned(task, label_smoothing=0.0, masking=None):
+    step_fn = real(task, label_smoothing, masking)
 
     def step(state, batch, metrics, key):
       # From the 5th step on, every weight is NaN: the loss follows.
