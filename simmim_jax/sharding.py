@@ -8,6 +8,7 @@ The mesh has axes ('data', 'model'). Parameters carry logical axis names
 import math
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -67,8 +68,9 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, Any]]) -> Any:
   """NamedShardings for the unboxed state, from its logical axis names.
 
-  Raises ValueError naming the parameter when a sharded dimension does not
-  divide by its mesh axis.
+  A dimension its mesh axis does not divide (the 17-row embedding of a
+  16-token vocabulary plus the mask token, on a model axis of 2) is
+  replicated instead, with a warning naming the parameter.
   """
   specs = nn.get_partition_spec(abstract_boxed_state)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
@@ -77,15 +79,19 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
 
   def leaf_sharding(path, leaf):
     sharding = by_path[path]
-    for dim, axis in zip(leaf.shape, sharding.spec):
+    spec = list(sharding.spec)
+    for index, (dim, axis) in enumerate(zip(leaf.shape, spec)):
       axes = axis if isinstance(axis, tuple) else (axis,)
       size = math.prod(mesh.shape[a] for a in axes if a is not None)
       if dim % size:
-        raise ValueError(
-            f'parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} '
-            f'cannot be split over mesh axis {axis} of size {size}; change '
-            'mesh.shape or mesh.rules')
-    return sharding
+        logging.warning(
+            'parameter %s of shape %s: dimension %d is not divisible by mesh '
+            'axis %s of size %d; replicated over it instead',
+            jax.tree_util.keystr(path), leaf.shape, index, axis, size)
+        spec[index] = None
+    if spec == list(sharding.spec):
+      return sharding
+    return NamedSharding(mesh, P(*spec))
 
   # Mapped over the unboxed state, so leafless nodes (optax's MaskedNode)
   # keep their place instead of receiving a sharding.

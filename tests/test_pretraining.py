@@ -1,6 +1,7 @@
 """Masked self-pretraining: masking invariants, the run, fine-tuning from it."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from simmim_jax import masking
+from simmim_jax import steps
 from simmim_jax import train
 from tests import train_worker
 
@@ -153,3 +155,55 @@ def test_a_changed_encoder_shape_is_refused_by_name():
   merged = distill.pretrained_encoder(fresh, source)
   assert merged['encoder']['token_embedding']['embedding'].sum() == 20
   assert merged['head'] is fresh['head'] or np.all(merged['head']['kernel'] == 0)
+
+
+def _masked_config(data_dir, **overrides):
+  return train_worker.small_config(
+      data_dir, objective='masked', best_metric='eval_masked_loss',
+      best_mode='min', **overrides)
+
+
+def test_masked_training_on_a_4x2_mesh_matches_one_device(tmp_path, data_dir):
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  losses = {}
+  for shape in ((1, 1), (4, 2)):
+    workdir = str(tmp_path / f'{shape[0]}x{shape[1]}')
+    state, _ = train.train_and_evaluate(
+        _masked_config(data_dir, num_steps=3, eval_every=3,
+                       **{'mesh.shape': shape}), workdir)
+    losses[shape] = [json.loads(line)['train_masked_loss']
+                     for line in open(f'{workdir}/metrics.jsonl')
+                     if 'train_masked_loss' in line]
+  assert len(losses[(1, 1)]) == 3
+  np.testing.assert_allclose(losses[(4, 2)], losses[(1, 1)], rtol=1e-5,
+                             atol=1e-5)
+  # 16 tokens + the mask token: 17 rows do not split over 2, so they are
+  # replicated; the rest is split as in supervised training.
+  encoder = state.params['encoder']
+  assert encoder['token_embedding']['embedding'].shape[0] == 17
+  assert encoder['token_embedding']['embedding'].sharding.spec[0] is None
+  assert encoder['blocks']['mlp']['wi']['kernel'].sharding.spec[-1] == 'model'
+
+
+def test_masked_nonfinite_loss_stops_naming_the_step(tmp_path, data_dir,
+                                                      monkeypatch):
+  real = steps.make_train_step
+
+  def poisoned(task, label_smoothing=0.0, masking_spec=None):
+    step_fn = real(task, label_smoothing, masking_spec)
+
+    def step(state, batch, metrics, key):
+      # From the 3rd step on, every parameter is NaN: so is the masked loss.
+      poison = jnp.where(state.step >= 2, jnp.nan, 1.0)
+      state = state.replace(
+          params=jax.tree.map(lambda p: p * poison, state.params))
+      return step_fn(state, batch, metrics, key)
+    return step
+
+  monkeypatch.setattr(steps, 'make_train_step', poisoned)
+  with pytest.raises(FloatingPointError, match='NaN or Inf at step 3'):
+    train.train_and_evaluate(_masked_config(data_dir, num_steps=6),
+                             str(tmp_path))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+  assert saved[-1] == 2
