@@ -9,8 +9,11 @@ Each point runs `python -m experiments.train` in its own process into
 DIR/<point name>; `--config.` flags apply to every point. `--parallel=N` runs
 N points at once, each pinned to its share of the CPU cores (on a GPU host,
 its share of the GPUs through CUDA_VISIBLE_DEVICES; on a TPU host keep N=1,
-one process owns the chips). `--dry_run` prints one command per point for an
-external scheduler; `--summarize_only` summarizes whatever points finished.
+one process owns the chips). A point fine-tuned from another
+(`sweep.fine_tune`) starts once that one has finished. `--dry_run` prints one
+command per point for an external scheduler, in an order that runs each
+pretraining point before its fine-tuning; `--summarize_only` summarizes
+whatever points finished.
 Exit status: the number of failed points (at most 125); 130 / 143 when
 stopped by SIGINT / SIGTERM.
 """

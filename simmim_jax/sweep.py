@@ -6,7 +6,9 @@ one point, keyed by the dotted names of `--config.` overrides
 in a subprocess (its own process: the same command `--dry_run` prints for an
 external scheduler) into DIR/<name>, where <name> is derived from its
 overrides. Rerunning skips finished points and resumes interrupted ones from
-their checkpoints; a directory holding another config is refused.
+their checkpoints; a directory holding another config is refused. A point
+whose `init_from` is `after(other_point)` starts from that point's run (e.g.
+fine-tuning after masked pretraining) and runs once it has finished.
 
   points = sweep.with_seeds(sweep.product({'model.family': ['simmim',
                                                             'local']}), 3)
@@ -43,6 +45,7 @@ LOG_FILE = 'train.log'
 # a directory's saved config with a point's.
 IGNORED_FIELDS = ('progress',)
 _MAX_NAME = 80
+_NAMED_LAST = ('best_metric', 'best_mode', 'objective')  # left out first
 
 
 # --- Helpers for sweep files -------------------------------------------------
@@ -72,6 +75,33 @@ def with_seeds(points: Sequence[Mapping[str, Any]],
   return [{**point, 'seed': seed} for seed in seeds for point in points]
 
 
+REF = '@'  # init_from='@NAME': the directory of this sweep's point NAME
+
+
+def after(overrides: Mapping[str, Any]) -> str:
+  """The init_from value that starts a point from the run of the sweep point
+  with these `overrides`; that point runs first."""
+  return REF + point_name(overrides)
+
+
+def fine_tune(pretraining: Sequence[Mapping[str, Any]],
+              **fields: Any) -> list[dict[str, Any]]:
+  """One point per pretraining point, started from its run: its model and
+  data fields and seed (the objective, schedule and masking are the
+  pretraining's own), plus init_from and `fields` (dotted names, as
+  `**{'learning_rate': 3e-4}`)."""
+  return [{**{k: v for k, v in point.items()
+              if k == 'seed' or k.startswith(('model.', 'data.'))},
+           **fields, 'init_from': after(point)} for point in pretraining]
+
+
+def reference(value: Any) -> Optional[str]:
+  """The point name an init_from value refers to, or None."""
+  if isinstance(value, str) and value.startswith(REF):
+    return value[len(REF):]
+  return None
+
+
 # --- Points --------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +111,19 @@ class Point:
   overrides: dict[str, Any]     # the point's own fields (sweep file)
   argv: tuple[str, ...]         # `python -m experiments.train` arguments
   config: ml_collections.ConfigDict  # fully resolved, as training sees it
+  needs: Optional[str] = None   # the point whose run this one starts from
+
+  @property
+  def source_group(self) -> Optional[str]:
+    """The point this one starts from, named without its seed."""
+    return _seedless(self.needs) if self.needs else None
 
   def train_args(self, workdir: str) -> list[str]:
     """`-m experiments.train ...` for this point under the sweep `workdir`."""
-    return ['-m', 'experiments.train', *self.argv,
+    argv = [f'--config.init_from={os.path.join(workdir, self.needs)}'
+            if self.needs and a.startswith('--config.init_from=') else a
+            for a in self.argv]
+    return ['-m', 'experiments.train', *argv,
             f'--workdir={os.path.join(workdir, self.name)}']
 
   def command(self, workdir: str) -> str:
@@ -121,16 +160,36 @@ def cli_value(value: Any) -> str:
 
 def point_name(overrides: Mapping[str, Any]) -> str:
   """A readable, stable directory name: sorted key=value pairs (seed last),
-  the last part of each key, plus a short hash when long or empty."""
+  the last part of each key; a reference (`after`) reads as its point's
+  name without the seed. When that is too long, parts are left out (the
+  best-checkpoint fields and the objective first, which the masking fields
+  usually imply, then the longest) and a short hash of all of them is added
+  (also when empty)."""
   keys = sorted(overrides, key=lambda k: (k == 'seed', k))
-  parts = [f'{k.rsplit(".", 1)[-1]}={cli_value(overrides[k])}' for k in keys]
-  name = re.sub(r'[^A-Za-z0-9_.=+-]+', '-', '-'.join(parts)).strip('-')
-  if not name or len(name) > _MAX_NAME:
-    digest = hashlib.sha1(json.dumps(
-        {k: overrides[k] for k in keys}, sort_keys=True,
-        default=repr).encode()).hexdigest()[:8]
-    name = f'{name[:_MAX_NAME - 9]}-{digest}' if name else f'base-{digest}'
-  return name
+  parts = {}
+  for k in keys:
+    ref = reference(overrides[k])
+    value = _seedless(ref) if ref is not None else cli_value(overrides[k])
+    parts[k] = re.sub(r'[^A-Za-z0-9_.=+-]+', '-',
+                      f'{k.rsplit(".", 1)[-1]}={value}').strip('-')
+  name = '-'.join(parts.values())
+  if name and len(name) <= _MAX_NAME:
+    return name
+  digest = hashlib.sha1(json.dumps(
+      {k: overrides[k] for k in keys}, sort_keys=True,
+      default=repr).encode()).hexdigest()[:8]
+  droppable = sorted((k for k in keys if k != 'seed'
+                      and reference(overrides[k]) is None),
+                     key=lambda k: (k not in _NAMED_LAST, -len(parts[k])))
+  while droppable and len('-'.join(parts.values())) > _MAX_NAME - 9:
+    del parts[droppable.pop(0)]
+  name = '-'.join(parts.values())[:_MAX_NAME - 9].strip('-')
+  return f'{name}-{digest}' if name else f'base-{digest}'
+
+
+def _seedless(name: str) -> str:
+  """A point name without its seed (and the hash that follows it)."""
+  return re.sub(r'-?seed=[^-]*(-[0-9a-f]{8})?$', '', name)
 
 
 def resolve_config(config_spec: str,
@@ -175,8 +234,13 @@ def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
         raise ValueError(f'{label}: field {key!r}={value!r} reads back from '
                          f'the command line as {got!r}; use a value of the '
                          "field's type")
+    needs = reference(config.init_from)
+    if needs is not None and needs not in names:
+      raise ValueError(f'{label}: init_from={config.init_from!r} names no '
+                       'earlier point of this sweep')
     try:
-      validate_config(config)
+      # A reference's directory does not exist before its point has run.
+      validate_config(_without_init_from(config) if needs else config)
     except ValueError as error:
       raise ValueError(f'{label}: {error}') from None
     name = point_name(overrides)
@@ -187,8 +251,14 @@ def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
     argv = (f'--config={config_spec}',
             *(f'--config.{k}={v}' for k, v in texts),
             '--config.progress=False')
-    points.append(Point(name, dict(overrides), argv, config))
+    points.append(Point(name, dict(overrides), argv, config, needs))
   return points
+
+
+def _without_init_from(config: ml_collections.ConfigDict):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.init_from = ''
+  return copy
 
 
 def _get(config, dotted: str):
@@ -213,6 +283,10 @@ def config_mismatch(point: Point, directory: str) -> list[str]:
     return []
   want = _comparable(json.loads(point.config.to_json_best_effort()))
   saved = _comparable(saved)
+  if point.needs:  # saved as the path the reference had when the point ran
+    want['init_from'] = os.path.abspath(os.path.join(
+        os.path.dirname(os.path.abspath(directory)), point.needs))
+    saved['init_from'] = os.path.abspath(saved.get('init_from', ''))
   flat_want, flat_saved = _flatten(want), _flatten(saved)
   # Only fields both configs have: a field added to (or dropped from) the
   # code since that run started does not make its results another config's.
@@ -342,7 +416,10 @@ def run_sweep(points: Sequence[Point], workdir: str, *, parallel: int = 1,
   try:
     while todo or running:
       while todo and free and stop['signal'] is None:
-        point, slot = todo.pop(0), free.pop(0)
+        point = _next_ready(todo, running, statuses, workdir, log)
+        if point is None:  # the rest wait for running points
+          break
+        slot = free.pop(0)
         running[slot] = (point, *_start(point, workdir, shares[slot]))
         log(f'started {point.name}')
       time.sleep(0.2)
@@ -364,6 +441,35 @@ def run_sweep(points: Sequence[Point], workdir: str, *, parallel: int = 1,
     lock.close()
   sweep_summary.write_summary(workdir, points, statuses, target=target)
   return SweepResult(statuses, signal=stop['signal'])
+
+
+def _next_ready(todo: list[Point], running, statuses: dict[str, str],
+                workdir: str, log) -> Optional[Point]:
+  """Takes from `todo` the first point whose reference (if any) has finished;
+  a point whose reference failed in this run is recorded as failed."""
+  waiting_on = {p.name for p in todo} | {p.name for p, *_ in running.values()}
+  for point in list(todo):
+    if point.needs in waiting_on:
+      continue
+    todo.remove(point)
+    if point.needs is None or statuses[point.needs] == 'done':
+      return point
+    statuses[point.name] = _record_failure(
+        point, workdir, f'init_from point {point.needs} has not finished: '
+        f'it {statuses[point.needs]}')
+    log(f'{point.name}: failed (its init_from point {point.needs} '
+        f'{statuses[point.needs]})')
+  return None
+
+
+def _record_failure(point: Point, workdir: str, error: str,
+                    returncode: Optional[int] = None) -> str:
+  directory = os.path.join(workdir, point.name)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, STATUS_FILE), 'w') as f:
+    json.dump({'status': 'failed', 'returncode': returncode, 'error': error},
+              f, indent=1)
+  return 'failed'
 
 
 def _lock(workdir: str):
@@ -410,11 +516,9 @@ def _finished(point: Point, workdir: str, returncode: int, *,
   if returncode == 0 or (stopping and returncode == -signal.SIGTERM):
     # done, or stopped by our SIGTERM (before training began, if killed)
     return point_status(point, workdir)
-  record = {'status': 'failed', 'returncode': returncode,
-            'error': last_error(os.path.join(directory, LOG_FILE))}
-  with open(os.path.join(directory, STATUS_FILE), 'w') as f:
-    json.dump(record, f, indent=1)
-  return 'failed'
+  return _record_failure(point, workdir,
+                         last_error(os.path.join(directory, LOG_FILE)),
+                         returncode)
 
 
 def last_error(log_path: str) -> str:

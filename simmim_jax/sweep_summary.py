@@ -24,6 +24,7 @@ SPEC_FILE = 'sweep.json'
 GROUPED_COLUMNS = ('test_accuracy', 'test_bits_per_byte', 'best_value',
                    'final_eval_accuracy', 'final_eval_bits_per_byte',
                    'steps_to_target', 'train_seconds_to_target',
+                   'total_train_seconds_to_target', 'pretrain_train_seconds',
                    'train_seconds', 'step_seconds', 'tokens_per_second',
                    'forward_gflops',
                    'parameters')
@@ -35,6 +36,9 @@ def point_row(point, workdir: str, status: str,
   directory = os.path.join(workdir, point.name)
   row = {'name': point.name, **{k: v for k, v in point.overrides.items()},
          'status': status, 'error': ''}
+  if point.needs:
+    # Named by the run it starts from, less its seed, so seeds group.
+    row['init_from'] = '@' + point.source_group
   status_path = os.path.join(directory, 'sweep_status.json')
   if status == 'failed' and os.path.exists(status_path):
     with open(status_path) as f:
@@ -56,6 +60,15 @@ def point_row(point, workdir: str, status: str,
     row['steps_to_target'] = reached[0] if reached else None
     row['train_seconds_to_target'] = (_train_seconds(train, reached[0])
                                       if reached else None)
+  if point.needs:  # the run it started from counts in its compute
+    source = [r for r in metrics_lib.read_metrics(
+        os.path.join(workdir, point.needs)) if 'step_seconds' in r]
+    row['pretrain_steps'] = source[-1]['step'] if source else None
+    row['pretrain_train_seconds'] = (_train_seconds(source, math.inf)
+                                     if source else None)
+    if row.get('train_seconds_to_target') is not None and source:
+      row['total_train_seconds_to_target'] = (
+          row['pretrain_train_seconds'] + row['train_seconds_to_target'])
   results_path = os.path.join(directory, 'results.json')
   if status == 'done' and os.path.exists(results_path):
     with open(results_path) as f:

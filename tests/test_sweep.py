@@ -38,6 +38,18 @@ def test_point_names_are_readable_stable_and_short():
   assert len(sweep.point_name(long)) <= 80
   assert sweep.point_name(long) != sweep.point_name({**long, 'seed': 0})
   assert sweep.point_name({}).startswith('base-')
+  # Too long: the objective's fields go first; family and seed stay.
+  masked = {'objective': 'masked', 'best_metric': 'eval_masked_accuracy',
+            'masking.mode': 'span', 'masking.ratio': 0.3,
+            'model.family': 'transformer', 'num_steps': 750, 'seed': 2}
+  name = sweep.point_name(masked)
+  assert len(name) <= 80 and name.startswith(
+      'mode=span-ratio=0.3-family=transformer-num_steps=750-seed=2-')
+  tuned, = sweep.fine_tune([masked], learning_rate=3e-4)
+  assert tuned == {'model.family': 'transformer', 'seed': 2,
+                   'learning_rate': 3e-4, 'init_from': '@' + name}
+  assert sweep.point_name(tuned).startswith(
+      'init_from=mode=span-ratio=0.3-family=transformer-num_steps=750-')
 
 
 @pytest.mark.parametrize('point, message', [
@@ -47,6 +59,7 @@ def test_point_names_are_readable_stable_and_short():
     ({'model.segment_len': 0}, r"point 0 .*segment_len"),
     ({'seed': 1.5}, r"point 0 .*seed"),
     ({'model.state_key_dim': None}, r"point 0 .*state_key_dim"),
+    ({'init_from': '@seed=0'}, r"point 0 .*names no earlier point"),
 ])
 def test_bad_points_fail_before_anything_runs(point, message):
   with pytest.raises(ValueError, match=message):
@@ -104,7 +117,11 @@ def get_sweep(variant=''):
   points = sweep.with_seeds(sweep.product({'model.family': ['simmim', 'local']}),
                             2)
   # Not prepared in the test data dir (and prepare=False): this one fails.
-  return points + [{'data.builder_config': 'small', 'seed': 0}]
+  broken = {'data.builder_config': 'small', 'seed': 0}
+  masked = {'objective': 'masked', 'best_metric': 'eval_masked_loss',
+            'best_mode': 'min', 'seed': 0}
+  # Fine-tuned from the masked run once it is done; from the broken one never.
+  return points + [broken, masked] + sweep.fine_tune([masked, broken])
 '''
 
 
@@ -183,8 +200,8 @@ def test_sigterm_stops_the_sweep_cleanly(killed_sweep):
 def test_rerun_after_sigkill_finishes_without_retraining(killed_sweep):
   workdir = killed_sweep['workdir']
   output, returncode = killed_sweep['runs'][2]
-  assert returncode == 1, output[-3000:]  # the one failing point
-  assert '4 done, 1 failed' in output
+  assert returncode == 2, output[-3000:]  # the failing point, its fine-tuning
+  assert '6 done, 2 failed' in output
   for name, mtime in killed_sweep['finished_before_kill'].items():
     assert os.path.getmtime(os.path.join(workdir, name,
                                          'results.json')) == mtime, name
@@ -193,33 +210,61 @@ def test_rerun_after_sigkill_finishes_without_retraining(killed_sweep):
   for name in os.listdir(workdir):
     metrics = os.path.join(workdir, name, 'metrics.jsonl')
     if os.path.exists(metrics):
-      steps = [json.loads(l)['step'] for l in open(metrics) if 'train_loss' in l]
+      steps = [json.loads(l)['step'] for l in open(metrics)
+               if 'step_seconds' in l]  # the training records, any objective
       assert steps == [2, 4, 6, 8], (name, steps)
 
 
 def test_summary_rows_and_seed_groups(killed_sweep):
   workdir = killed_sweep['workdir']
   rows = sweep_summary.load_summary(workdir)
-  assert len(rows) == 5
+  assert len(rows) == 8
   good = [r for r in rows if r['status'] == 'done']
-  assert len(good) == 4
+  assert len(good) == 6
   for row in good:
+    if row.get('objective') == 'masked':
+      continue
     assert 0 <= row['final_eval_accuracy'] <= 1
     assert row['steps'] == 8 and row['parameters'] > 0
     assert row['forward_gflops'] > 0 and row['tokens_per_second'] > 0
     assert row['steps_to_target'] in (4, 8, None)
-  failed, = [r for r in rows if r['status'] == 'failed']
+  failed, after_failed = [r for r in rows if r['status'] == 'failed']
   assert failed['data.builder_config'] == 'small'
   assert 'FileNotFoundError' in failed['error']
   assert 'not prepared' in failed['error']
+  assert after_failed['init_from'] == '@builder_config=small'
+  assert f"init_from point {failed['name']} has not finished" in (
+      after_failed['error'])
   grouped = open(os.path.join(workdir, 'summary_grouped.md')).read()
   lines = [l for l in grouped.splitlines() if l.startswith('| 2/2 |')]
   assert len(lines) == 2 and all('+-' in l for l in lines), grouped
   assert '| 0/1 |' in grouped
   header = open(os.path.join(workdir, 'summary.csv')).readline()
-  assert header.startswith('name,model.family,data.builder_config,seed,status')
+  assert header.startswith('name,model.family,data.builder_config,objective,'
+                           'best_metric,best_mode,init_from,seed,status')
   for plot in ('summary_best_value.png', 'curves.png'):
     assert os.path.getsize(os.path.join(workdir, plot)) > 1000
+
+
+def test_fine_tuning_points_start_from_their_pretraining_run(killed_sweep):
+  workdir = killed_sweep['workdir']
+  rows = {r['name']: r for r in sweep_summary.load_summary(workdir)}
+  tuned, = [r for r in rows.values() if r['status'] == 'done'
+            and r.get('init_from')]
+  source = sweep.point_name({'objective': 'masked',
+                             'best_metric': 'eval_masked_loss',
+                             'best_mode': 'min', 'seed': 0})
+  assert tuned['init_from'] == '@' + source.rsplit('-seed=', 1)[0]
+  assert rows[source]['status'] == 'done'
+  assert 0 <= tuned['final_eval_accuracy'] <= 1
+  assert tuned['pretrain_steps'] == 8 and tuned['pretrain_train_seconds'] > 0
+  config = json.load(open(os.path.join(workdir, tuned['name'],
+                                       'config.json')))
+  assert config['init_from'] == os.path.join(workdir, source)
+  assert config['objective'] == 'supervised'
+  # It started after its source had finished.
+  assert os.path.getmtime(os.path.join(workdir, source, 'results.json')) <= (
+      os.path.getmtime(os.path.join(workdir, tuned['name'], 'config.json')))
 
 
 def test_summarize_only_rebuilds_the_same_rows(killed_sweep):
@@ -230,7 +275,7 @@ def test_summarize_only_rebuilds_the_same_rows(killed_sweep):
       [*killed_sweep['command'], '--summarize_only'], cwd=ROOT,
       capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ROOT},
       check=True).stdout
-  assert '4 done, 1 failed' in output
+  assert '6 done, 2 failed' in output
   assert json.load(open(os.path.join(workdir, 'summary.json'))) == before
 
 

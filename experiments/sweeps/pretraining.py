@@ -1,0 +1,68 @@
+r"""Masked self-pretraining on the task's own inputs, then fine-tuning,
+against training from scratch (docs/pretraining.md).
+
+  python -m experiments.sweep --config=experiments/configs/listops.py:small_cpu \
+      --sweep=experiments/sweeps/pretraining.py:families --workdir=runs/pretraining \
+      --target=eval_accuracy:0.3
+
+Variants (`NAME[:SEEDS]`):
+  families  simmim and transformer, 3 seeds: pretrained for PRETRAIN_STEPS
+            (token masking of 15%) then fine-tuned for the config's
+            num_steps; from scratch for the config's num_steps (the family
+            sweep's points) and for as many steps as both phases together.
+  masking   simmim, 2 seeds: token, span and segment masking at two ratios,
+            each pretrained and fine-tuned as above.
+  lra       simmim, 2 seeds, with listops.py:lra_cpu: the `families` design
+            at LRA length (LRA_PRETRAIN_STEPS of pretraining).
+
+Each fine-tuning point runs after its pretraining point (`sweep.fine_tune`);
+the summary counts the pretraining's steps and time in its columns
+`pretrain_steps`, `pretrain_train_seconds`, `total_train_seconds_to_target`.
+"""
+
+from simmim_jax import sweep
+
+FAMILIES = ('simmim', 'transformer')
+PRETRAIN_STEPS = 750          # small_cpu fine-tunes for 1,500
+LRA_PRETRAIN_STEPS = 400      # lra_cpu fine-tunes for 800
+FINE_TUNE_STEPS = {'families': 1500, 'masking': 1500, 'lra': 800}
+MASKING = {'masking.mode': ('token', 'span', 'segment'),
+           'masking.ratio': (0.15, 0.3)}
+
+
+def _pretraining(family: str, steps: int, seed: int, mode: str = 'token',
+                 ratio: float = 0.15) -> dict:
+  return {'objective': 'masked', 'best_metric': 'eval_masked_accuracy',
+          'masking.mode': mode, 'masking.ratio': ratio,
+          'model.family': family, 'num_steps': steps, 'seed': seed}
+
+
+def _with_and_without(pretraining: list[dict], total_steps: int) -> list[dict]:
+  """Pretraining points, their fine-tuning, and from scratch twice: the
+  fine-tuning's steps (the config's) and both phases' steps together."""
+  scratch = [{'model.family': p['model.family'], 'seed': p['seed']}
+             for p in pretraining]
+  return (pretraining + sweep.fine_tune(pretraining) + scratch +
+          [{**p, 'num_steps': total_steps} for p in scratch])
+
+
+def get_sweep(variant: str = 'families'):
+  name, _, seeds = variant.partition(':')
+  if name not in FINE_TUNE_STEPS or (seeds and not seeds.isdigit()):
+    raise ValueError(f"variant is 'families', 'masking' or 'lra', with "
+                     f"':SEEDS' optionally; got {variant!r}")
+  seeds = int(seeds) if seeds else (3 if name == 'families' else 2)
+  points = []
+  for seed in range(seeds):  # seed-major: a partial sweep compares all
+    if name == 'masking':
+      pretraining = [_pretraining('simmim', PRETRAIN_STEPS, seed, **axes)
+                     for axes in sweep.product(
+                         {k.split('.')[1]: v for k, v in MASKING.items()})]
+      points += pretraining + sweep.fine_tune(pretraining)
+    else:
+      steps = PRETRAIN_STEPS if name == 'families' else LRA_PRETRAIN_STEPS
+      families = FAMILIES if name == 'families' else ('simmim',)
+      points += _with_and_without(
+          [_pretraining(f, steps, seed) for f in families],
+          steps + FINE_TUNE_STEPS[name])
+  return points
