@@ -37,13 +37,13 @@ def _pretraining(family: str, steps: int, seed: int, mode: str = 'token',
           'model.family': family, 'num_steps': steps, 'seed': seed}
 
 
-def _with_and_without(pretraining: list[dict], total_steps: int) -> list[dict]:
-  """Pretraining points, their fine-tuning, and from scratch twice: the
-  fine-tuning's steps (the config's) and both phases' steps together."""
-  scratch = [{'model.family': p['model.family'], 'seed': p['seed']}
-             for p in pretraining]
-  return (pretraining + sweep.fine_tune(pretraining) + scratch +
-          [{**p, 'num_steps': total_steps} for p in scratch])
+def _with_and_without(pretraining: dict, total_steps: int) -> list[dict]:
+  """A pretraining point, its fine-tuning, and from scratch twice: for the
+  fine-tuning's steps (the config's) and for both phases' steps together."""
+  scratch = {'model.family': pretraining['model.family'],
+             'seed': pretraining['seed']}
+  return [pretraining, *sweep.fine_tune([pretraining]), scratch,
+          {**scratch, 'num_steps': total_steps}]
 
 
 def get_sweep(variant: str = 'families'):
@@ -61,8 +61,7 @@ def get_sweep(variant: str = 'families'):
       points += pretraining + sweep.fine_tune(pretraining)
     else:
       steps = PRETRAIN_STEPS if name == 'families' else LRA_PRETRAIN_STEPS
-      families = FAMILIES if name == 'families' else ('simmim',)
-      points += _with_and_without(
-          [_pretraining(f, steps, seed) for f in families],
-          steps + FINE_TUNE_STEPS[name])
+      for family in FAMILIES if name == 'families' else ('simmim',):
+        points += _with_and_without(_pretraining(family, steps, seed),
+                                    steps + FINE_TUNE_STEPS[name])
   return points
