@@ -14,6 +14,9 @@ Variants (`NAME[:SEEDS]`):
             each pretrained and fine-tuned as above.
   lra       simmim, 2 seeds, with listops.py:lra_cpu: the `families` design
             at LRA length (LRA_PRETRAIN_STEPS of pretraining).
+  baselines from scratch, 1 seed: each family at the learning rates of
+            BASELINE_LEARNING_RATES (the config's is 1e-3), so the lift is
+            measured against a tuned baseline.
 
 Each fine-tuning point runs after its pretraining point (`sweep.fine_tune`);
 the summary counts the pretraining's steps and time in its columns
@@ -26,6 +29,7 @@ FAMILIES = ('simmim', 'transformer')
 PRETRAIN_STEPS = 750          # small_cpu fine-tunes for 1,500
 LRA_PRETRAIN_STEPS = 400      # lra_cpu fine-tunes for 800
 FINE_TUNE_STEPS = {'families': 1500, 'masking': 1500, 'lra': 800}
+BASELINE_LEARNING_RATES = (3e-4, 3e-3)
 MASKING = {'masking.mode': ('token', 'span', 'segment'),
            'masking.ratio': (0.15, 0.3)}
 
@@ -48,10 +52,15 @@ def _with_and_without(pretraining: dict, total_steps: int) -> list[dict]:
 
 def get_sweep(variant: str = 'families'):
   name, _, seeds = variant.partition(':')
-  if name not in FINE_TUNE_STEPS or (seeds and not seeds.isdigit()):
-    raise ValueError(f"variant is 'families', 'masking' or 'lra', with "
-                     f"':SEEDS' optionally; got {variant!r}")
-  seeds = int(seeds) if seeds else (3 if name == 'families' else 2)
+  if (name not in (*FINE_TUNE_STEPS, 'baselines') or
+      (seeds and not seeds.isdigit())):
+    raise ValueError(f"variant is 'families', 'masking', 'lra' or "
+                     f"'baselines', with ':SEEDS' optionally; got {variant!r}")
+  seeds = int(seeds) if seeds else {'families': 3, 'baselines': 1}.get(name, 2)
+  if name == 'baselines':
+    return sweep.with_seeds(sweep.product(
+        {'model.family': FAMILIES,
+         'learning_rate': BASELINE_LEARNING_RATES}), seeds)
   points = []
   for seed in range(seeds):  # seed-major: a partial sweep compares all
     if name == 'masking':
