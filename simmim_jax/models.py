@@ -185,8 +185,9 @@ class MaskedModel(nn.Module):
   masked-token prediction (config.objective='masked'; masking.py).
 
   With `tied_output` the output projection is the token embedding's
-  transpose plus a bias, otherwise its own dense layer. Its encoder's
-  parameters are what a fine-tuning run (`init_from`) loads.
+  transpose, scaled by 1/sqrt(d_model), plus a bias, otherwise its own
+  dense layer. Its encoder's parameters are what a fine-tuning run
+  (`init_from`) loads.
   """
   config: ModelConfig
 
@@ -203,7 +204,11 @@ class MaskedModel(nn.Module):
     bias = self.param('output_bias', nn.with_logical_partitioning(
         nn.initializers.zeros, ('vocab',)), (cfg.vocab_size,),
                       cfg.storage_dtype)
-    logits = jnp.einsum('ble,ve->blv', x, table.astype(x.dtype))
+    # Unit-variance embeddings against normalised outputs: unscaled, the
+    # first logits have a std of about sqrt(d_model) (a loss near 15 on
+    # ListOps), and the early steps go to undoing that.
+    logits = jnp.einsum('ble,ve->blv', x, table.astype(x.dtype)) / jnp.sqrt(
+        jnp.asarray(cfg.d_model, x.dtype))
     return (logits + bias.astype(x.dtype)).astype(jnp.float32)
 
 
