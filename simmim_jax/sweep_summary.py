@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -232,8 +233,10 @@ def main_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def group_label(group: dict[str, Any], keys: Sequence[str]) -> str:
+  """The variant's fields that it sets, for legends and axis labels."""
   return ' '.join(f'{k.rsplit(".", 1)[-1]}={_fmt(group.get(k))}'
-                  for k in keys if k != 'seed') or 'base'
+                  for k in keys if k != 'seed' and group.get(k) is not None
+                  ) or 'base'
 
 
 def plot_groups(ax, rows, groups, keys, metric: Optional[str] = None):
@@ -252,7 +255,8 @@ def plot_groups(ax, rows, groups, keys, metric: Optional[str] = None):
                       for k in seed_keys)]
     ax.plot([position] * len(values), values, 'k.', markersize=5)
   ax.set_xticks(positions)
-  ax.set_xticklabels(labels, rotation=30, ha='right', fontsize=8)
+  ax.set_xticklabels([textwrap.fill(l, 40) for l in labels], rotation=30,
+                     ha='right', fontsize=8)
   ax.set_ylabel(f'{metric} (mean +- std over seeds)')
   return ax
 
@@ -289,7 +293,12 @@ def plot_files(workdir: str, rows, groups, keys) -> list[str]:
       (f'summary_{metric}.png',
        lambda ax: plot_groups(ax, rows, groups, keys, metric)),
       ('curves.png', lambda ax: plot_curves(ax, workdir, rows, keys))):
-    figure, ax = plt.subplots(figsize=(max(5, 0.9 * len(groups) + 2), 4))
+    # Room below the axes for the rotated, wrapped variant labels.
+    longest = min(40, max(len(group_label(g, keys)) for g in groups))
+    lines = max(textwrap.fill(group_label(g, keys), 40).count('\n') + 1
+                for g in groups)
+    figure, ax = plt.subplots(figsize=(max(5, 0.9 * len(groups) + 2),
+                                       4 + 0.04 * longest + 0.15 * lines))
     draw(ax)
     figure.tight_layout()
     figure.savefig(os.path.join(workdir, path), dpi=100)
