@@ -12,6 +12,8 @@ Variants (`NAME[:SEEDS]`):
             sweep's points) and for as many steps as both phases together.
   masking   simmim, 2 seeds: token, span and segment masking at two ratios,
             each pretrained and fine-tuned as above.
+  long      simmim, 2 seeds: the `families` design with LONG_PRETRAIN_STEPS
+            of pretraining (4 epochs of the inputs instead of 1.2).
   lra       simmim, 2 seeds, with listops.py:lra_cpu: the `families` design
             at LRA length (LRA_PRETRAIN_STEPS of pretraining).
   baselines from scratch, 1 seed: each family at the learning rates of
@@ -27,8 +29,10 @@ from simmim_jax import sweep
 
 FAMILIES = ('simmim', 'transformer')
 PRETRAIN_STEPS = 750          # small_cpu fine-tunes for 1,500
+LONG_PRETRAIN_STEPS = 2500
 LRA_PRETRAIN_STEPS = 400      # lra_cpu fine-tunes for 800
-FINE_TUNE_STEPS = {'families': 1500, 'masking': 1500, 'lra': 800}
+FINE_TUNE_STEPS = {'families': 1500, 'masking': 1500, 'long': 1500,
+                   'lra': 800}
 BASELINE_LEARNING_RATES = (3e-4, 3e-3)
 MASKING = {'masking.mode': ('token', 'span', 'segment'),
            'masking.ratio': (0.15, 0.3)}
@@ -54,8 +58,8 @@ def get_sweep(variant: str = 'families'):
   name, _, seeds = variant.partition(':')
   if (name not in (*FINE_TUNE_STEPS, 'baselines') or
       (seeds and not seeds.isdigit())):
-    raise ValueError(f"variant is 'families', 'masking', 'lra' or "
-                     f"'baselines', with ':SEEDS' optionally; got {variant!r}")
+    raise ValueError(f"variant is one of {[*FINE_TUNE_STEPS, 'baselines']}, "
+                     f"with ':SEEDS' optionally; got {variant!r}")
   seeds = int(seeds) if seeds else {'families': 3, 'baselines': 1}.get(name, 2)
   if name == 'baselines':
     return sweep.with_seeds(sweep.product(
@@ -69,7 +73,8 @@ def get_sweep(variant: str = 'families'):
                          {k.split('.')[1]: v for k, v in MASKING.items()})]
       points += pretraining + sweep.fine_tune(pretraining)
     else:
-      steps = PRETRAIN_STEPS if name == 'families' else LRA_PRETRAIN_STEPS
+      steps = {'families': PRETRAIN_STEPS, 'long': LONG_PRETRAIN_STEPS,
+               'lra': LRA_PRETRAIN_STEPS}[name]
       for family in FAMILIES if name == 'families' else ('simmim',):
         points += _with_and_without(_pretraining(family, steps, seed),
                                     steps + FINE_TUNE_STEPS[name])
