@@ -167,7 +167,8 @@ def op_workloads(sizes: Sizes, length: int) -> dict[str, Workload]:
       'segment_template_attention': Workload(
           functools.partial(_template_attention, segment_len=seg),
           template_inputs),
-      'full_attention': Workload(
+      'full_attention': Workload(attention.full_attention, heads_qkv),
+      'dot_product_attention': Workload(
           lambda q, k, v: jax.nn.dot_product_attention(
               q, k, v, implementation='xla'),
           heads_qkv),

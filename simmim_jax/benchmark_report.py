@@ -111,9 +111,11 @@ def _op_notes(sizes: dict[str, Any]) -> str:
       f"width {sizes['num_heads'] * sizes['head_dim']}.",
       f"- `segment_template_attention`: `assign_templates` + "
       f"`segment_template_attention`, {sizes['num_templates']} templates.",
-      "- `full_attention`: `jax.nn.dot_product_attention(implementation="
-      "'xla')`.",
-      f"- `sliding_window_attention`: the same with local_window_size="
+      "- `full_attention`: `simmim_jax.full_attention`, what the transformer "
+      "family runs (on CPU the segment kernel with one segment).",
+      "- `dot_product_attention`: the same attention through "
+      "`jax.nn.dot_product_attention(implementation='xla')`.",
+      f"- `sliding_window_attention`: the latter with local_window_size="
       f"{window} ({seg} keys per query); XLA masks the full score matrix, so "
       "its cost is quadratic.",
       "- `flax_mha`: `flax.linen.MultiHeadDotProductAttention`, q/k/v/out "

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.json'  # written when a run finishes
 
 
 class Checkpointer:

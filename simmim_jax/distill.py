@@ -6,11 +6,13 @@ head (k-means), and swap the centres in as the template library of an
 otherwise identical model with attention_kind='templates'.
 """
 
+import os
 from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import linen as nn
 from flax import traverse_util
 
@@ -184,6 +186,13 @@ def load_trained_params(workdir: str) -> tuple[Any, dict]:
   if saved_config is None or step is None:
     raise FileNotFoundError(f'init_from={workdir!r} holds no finished run '
                             '(config.json and a checkpoint are needed)')
+  if not os.path.exists(os.path.join(workdir, checkpoints.RESULTS_FILE)):
+    # Allowed (a pretraining's intermediate checkpoint is a fair start), but
+    # a run still training gives a different start each time it is read.
+    logging.warning(
+        'init_from=%r has not finished (no results.json): loading its '
+        'latest checkpoint, step %d of num_steps=%s', workdir, step,
+        saved_config.get('num_steps'))
   try:
     params = checkpointer.restore_params(step)
   finally:

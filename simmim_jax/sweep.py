@@ -38,7 +38,6 @@ from simmim_jax import checkpoints
 from simmim_jax import sweep_summary
 from simmim_jax.experiment_config import validate_config
 
-RESULTS_FILE = 'results.json'   # written by train_and_evaluate at the end
 STATUS_FILE = 'sweep_status.json'  # the runner's record of a failed point
 LOG_FILE = 'train.log'
 # Config fields that change nothing a run computes; ignored when comparing
@@ -315,7 +314,7 @@ def dry_run_commands(points: Sequence[Point], workdir: str) -> list[str]:
 def point_status(point: Point, workdir: str) -> str:
   """'done', 'failed', 'interrupted' (checkpoints, no results) or 'pending'."""
   directory = os.path.join(workdir, point.name)
-  if os.path.exists(os.path.join(directory, RESULTS_FILE)):
+  if os.path.exists(os.path.join(directory, checkpoints.RESULTS_FILE)):
     return 'done'
   if os.path.exists(os.path.join(directory, STATUS_FILE)):
     return 'failed'

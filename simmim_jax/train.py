@@ -34,7 +34,6 @@ from simmim_jax.config import ModelConfig
 from simmim_jax.experiment_config import validate_config
 from simmim_jax.models import build_model
 
-RESULTS_FILE = 'results.json'
 HEADS = {'classification': 'classifier', 'dual': 'dual_encoder', 'lm': 'lm',
          'seq2seq': 'seq2seq'}
 
@@ -297,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         'eval_masked_accuracy': eval_metrics['eval_masked_baseline_accuracy'],
         'token_id': baseline_id}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+    with open(os.path.join(workdir, checkpoints.RESULTS_FILE), 'w') as f:
       json.dump(results, f, indent=1)
   return state, results
 

@@ -205,13 +205,18 @@ def test_state_with_no_other_valid_segment_is_unchanged(rng):
   np.testing.assert_array_equal(causal[0, 0], states[0, 0])
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_full_attention_is_one_segment(rng, causal):
-  q, k, v = _qkv(rng, 2, 19, 2, 4)
-  mask = _suffix_mask(rng, 2, 19)
+def test_full_attention_is_one_segment(rng, causal, backend, monkeypatch):
+  # 'gpu' runs the other backends' path (jax.nn.dot_product_attention) here.
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  q, k, v = _qkv(rng, 3, 19, 2, 4)
+  mask = np.array(_suffix_mask(rng, 3, 19))
+  mask[2] = False  # a wholly masked row reads zeros
   got = simmim_jax.full_attention(q, k, v, mask=mask, causal=causal)
   want = reference.segment_attention(q, k, v, 19, mask, causal)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.any(got[2])
 
 
 def test_cross_attention_matches_reference(rng):

@@ -1,7 +1,9 @@
 """Masked self-pretraining: masking invariants, the run, fine-tuning from it."""
 
 import json
+import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +116,22 @@ def test_fine_tuning_loads_the_encoder_and_starts_a_fresh_head(
   assert head
   for name in head:
     np.testing.assert_array_equal(loaded[name], fresh[name], err_msg=name)
+
+
+def test_init_from_an_unfinished_run_warns_with_its_step(pretrained, tmp_path,
+                                                        caplog):
+  from simmim_jax import distill  # pylint: disable=g-import-not-at-top
+  source_dir = pretrained[0]
+  running = str(tmp_path / 'running')
+  shutil.copytree(source_dir, running,
+                  ignore=shutil.ignore_patterns('results.json'))
+  with caplog.at_level(logging.WARNING):
+    distill.load_trained_params(source_dir)
+    assert 'has not finished' not in caplog.text
+    distill.load_trained_params(running)
+  assert (f"init_from={running!r} has not finished (no results.json): "
+          "loading its latest checkpoint, step 40 of num_steps=40"
+          in caplog.text)
 
 
 def test_masked_objective_needs_a_masked_best_metric(tmp_path, data_dir):
