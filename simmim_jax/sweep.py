@@ -8,7 +8,9 @@ external scheduler) into DIR/<name>, where <name> is derived from its
 overrides. Rerunning skips finished points and resumes interrupted ones from
 their checkpoints; a directory holding another config is refused. A point
 whose `init_from` is `after(other_point)` starts from that point's run (e.g.
-fine-tuning after masked pretraining) and runs once it has finished.
+fine-tuning after masked pretraining) and runs once it has finished. Finished
+points (config.json, metrics.jsonl, results.json) copied from another sweep
+directory count as done when their configs are the points' own.
 
   points = sweep.with_seeds(sweep.product({'model.family': ['simmim',
                                                             'local']}), 3)
@@ -282,10 +284,10 @@ def config_mismatch(point: Point, directory: str) -> list[str]:
     return []
   want = _comparable(json.loads(point.config.to_json_best_effort()))
   saved = _comparable(saved)
-  if point.needs:  # saved as the path the reference had when the point ran
-    want['init_from'] = os.path.abspath(os.path.join(
-        os.path.dirname(os.path.abspath(directory)), point.needs))
-    saved['init_from'] = os.path.abspath(saved.get('init_from', ''))
+  if point.needs:  # by point name: the sweep (or the point) may have moved
+    want['init_from'] = point.needs
+    saved['init_from'] = os.path.basename(
+        os.path.normpath(saved.get('init_from', '')))
   flat_want, flat_saved = _flatten(want), _flatten(saved)
   # Only fields both configs have: a field added to (or dropped from) the
   # code since that run started does not make its results another config's.

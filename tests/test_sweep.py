@@ -100,6 +100,23 @@ def test_a_directory_of_another_config_is_refused(tmp_path):
   assert sorted(os.listdir(directory)) == ['config.json']  # untouched
 
 
+def test_a_fine_tuning_point_copied_from_another_sweep_is_its_own(tmp_path):
+  masked = {'objective': 'masked', 'best_metric': 'eval_masked_accuracy',
+            'seed': 3}
+  _, tuned = sweep.make_points(TINY, [masked, *sweep.fine_tune([masked])])
+  directory = tmp_path / tuned.name
+  directory.mkdir()
+  saved = tuned.config.copy_and_resolve_references()
+  # As it ran in another sweep directory, from that sweep's pretraining.
+  saved.init_from = os.path.join('/elsewhere/sweep', tuned.needs)
+  (directory / 'config.json').write_text(saved.to_json())
+  assert sweep.config_mismatch(tuned, str(directory)) == []
+  saved.init_from = '/elsewhere/sweep/seed=4'  # another pretraining
+  (directory / 'config.json').write_text(saved.to_json())
+  assert sweep.config_mismatch(tuned, str(directory)) == [
+      f"init_from: saved 'seed=4', point {tuned.needs!r}"]
+
+
 def test_target_parsing():
   assert sweep_summary.parse_target('eval_accuracy:0.4') == (
       'eval_accuracy', 0.4)
