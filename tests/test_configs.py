@@ -12,12 +12,14 @@ from simmim_jax import build_model
 from simmim_jax import data
 from simmim_jax import decoding
 from simmim_jax import experiment_config
+from simmim_jax import sweep
 from simmim_jax import train
 from tests import imdb_like  # noqa: F401  (registers imdb_like)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                           'experiments', 'configs')
-VARIANTS = {'listops': ('tiny', 'small', 'small_cpu', 'lra', 'lra_cpu'),
+VARIANTS = {'listops': ('tiny', 'small', 'small_cpu', 'small_cpu_masked',
+                        'lra', 'lra_cpu'),
             'byte_lm': ('tiny', 'small'), 'tfds_text': ('lra', 'tiny'),
             'docstrings': ('tiny', 'small')}
 
@@ -42,6 +44,17 @@ def test_variant_is_valid(name, variant):
   config = _load(name).get_config(variant)
   experiment_config.validate_config(config)
   assert config.eval_every % config.log_every == 0
+
+
+def test_the_pretraining_variant_is_the_studied_recipe():
+  # Its docstring reports the `long` study's points: the configs must agree.
+  pretraining = sweep.load_sweep(os.path.join(
+      CONFIG_DIR, os.pardir, 'sweeps', 'pretraining.py') + ':long')[0]
+  point, = sweep.make_points(
+      os.path.join(CONFIG_DIR, 'listops.py') + ':small_cpu', [pretraining])
+  variant = _load('listops').get_config('small_cpu_masked')
+  variant.progress = False  # the sweep's runs print no progress bar
+  assert point.config.seed == 0 and variant.to_json() == point.config.to_json()
 
 
 def test_unknown_variant_names_the_choices():

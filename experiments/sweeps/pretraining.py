@@ -17,8 +17,9 @@ Variants (`NAME[:SEEDS]`):
   lra       simmim, 2 seeds, with listops.py:lra_cpu: the `families` design
             at LRA length (LRA_PRETRAIN_STEPS of pretraining).
   baselines from scratch, 1 seed: each family at the learning rates of
-            BASELINE_LEARNING_RATES (the config's is 1e-3), so the lift is
-            measured against a tuned baseline.
+            BASELINE_LEARNING_RATES (the config's is 1e-3), and simmim
+            with the warmups of BASELINE_WARMUP_STEPS (the config's is
+            150), so the lift is measured against a tuned baseline.
 
 Each fine-tuning point runs after its pretraining point (`sweep.fine_tune`);
 the summary counts the pretraining's steps and time in its columns
@@ -34,6 +35,7 @@ LRA_PRETRAIN_STEPS = 400      # lra_cpu fine-tunes for 800
 FINE_TUNE_STEPS = {'families': 1500, 'masking': 1500, 'long': 1500,
                    'lra': 800}
 BASELINE_LEARNING_RATES = (3e-4, 3e-3)
+BASELINE_WARMUP_STEPS = (0, 450)
 MASKING = {'masking.mode': ('token', 'span', 'segment'),
            'masking.ratio': (0.15, 0.3)}
 
@@ -63,8 +65,9 @@ def get_sweep(variant: str = 'families'):
   seeds = int(seeds) if seeds else {'families': 3, 'baselines': 1}.get(name, 2)
   if name == 'baselines':
     return sweep.with_seeds(sweep.product(
-        {'model.family': FAMILIES,
-         'learning_rate': BASELINE_LEARNING_RATES}), seeds)
+        {'model.family': FAMILIES, 'learning_rate': BASELINE_LEARNING_RATES})
+        + sweep.product({'model.family': ('simmim',),
+                         'warmup_steps': BASELINE_WARMUP_STEPS}), seeds)
   points = []
   for seed in range(seeds):  # seed-major: a partial sweep compares all
     if name == 'masking':
