@@ -11,7 +11,7 @@ import json
 from absl import app
 from absl import flags
 
-from simmim_jax import cost
+from experiments.benchmark import family_cost
 
 _LENGTHS = flags.DEFINE_list('lengths', ['1024', '4096', '16384'],
                              'sequence lengths to compare')
@@ -25,11 +25,11 @@ _OUT = flags.DEFINE_string('out', None, 'also write the rows as JSON here')
 
 def main(argv):
   del argv
-  rows = cost.compare_families(
+  rows = family_cost.compare_families(
       [int(n) for n in _LENGTHS.value], run_up_to=_RUN_UP_TO.value,
       d_model=_D_MODEL.value, num_heads=4, mlp_dim=4 * _D_MODEL.value,
       num_layers=_LAYERS.value, segment_len=_SEGMENT_LEN.value)
-  print(cost.format_table(rows))
+  print(family_cost.format_table(rows))
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       json.dump(rows, f, indent=1)

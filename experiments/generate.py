@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from simmim_jax import decoding
+from simmim_jax.inference import decoding
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a finished byte-LM run')
 _PROMPT = flags.DEFINE_string('prompt', 'def ', 'text to continue')

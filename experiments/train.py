@@ -13,8 +13,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from simmim_jax import sharding
-from simmim_jax import train
+from simmim_jax.training import sharding
+from simmim_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'experiment config file, optionally :variant',

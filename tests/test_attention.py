@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import simmim_jax
-from simmim_jax import attention
+from simmim_jax.ops import attention
 from tests import reference
 
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from simmim_jax import benchmark_cases as cases
-from simmim_jax import benchmark_report
-from simmim_jax import benchmarks
+from experiments.benchmark import cases as cases
+from experiments.benchmark import report as benchmark_report
+from experiments.benchmark import suite as benchmarks
 
 FILES = ('benchmark.json', 'benchmark.md', 'time_vs_length.png',
          'memory_vs_length.png', 'cache_vs_length.png')

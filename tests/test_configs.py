@@ -7,13 +7,13 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from simmim_jax import attention_maps
+from simmim_jax.models import attention_maps
 from simmim_jax import build_model
 from simmim_jax import data
-from simmim_jax import decoding
-from simmim_jax import experiment_config
-from simmim_jax import sweep
-from simmim_jax import train
+from simmim_jax.inference import decoding
+from simmim_jax.training import experiment_config
+from simmim_jax.sweep import runner as sweep
+from simmim_jax.training import train
 from tests import imdb_like  # noqa: F401  (registers imdb_like)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),

@@ -9,7 +9,7 @@ import pytest
 
 import simmim_jax
 from simmim_jax import ModelConfig
-from simmim_jax import decoding
+from simmim_jax.inference import decoding
 
 VOCAB = 13
 KINDS = [(family, 'softmax') for family in ('simmim', 'local', 'transformer')]

@@ -11,10 +11,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
-from simmim_jax import distill
-from simmim_jax import models
-from simmim_jax import optim
-from simmim_jax import train
+from simmim_jax.training import distill
+from simmim_jax.models import models
+from simmim_jax.training import optim
+from simmim_jax.training import train
 from tests import train_worker
 
 
@@ -127,9 +127,9 @@ def test_init_from_a_missing_run_is_a_clear_error(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-@pytest.mark.slow  # the full study is experiments/templates.py; ~40 s
+@pytest.mark.slow  # the full study is experiments/labs/templates.py; ~40 s
 def test_template_study_end_to_end(tmp_path, data_dir):
-  from experiments import templates as study
+  from experiments.labs import templates as study
   config = train_worker.small_config(data_dir, num_steps=2,
                                      **{'model.family': 'transformer'})
   rows = study.run_study(config, str(tmp_path), [4], finetune_steps=2,

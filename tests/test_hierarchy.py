@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import simmim_jax
-from simmim_jax import hierarchy
+from simmim_jax.ops import hierarchy
 from tests import reference
 
 

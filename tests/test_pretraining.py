@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simmim_jax import masking
-from simmim_jax import steps
-from simmim_jax import train
+from simmim_jax.ops import masking
+from simmim_jax.training import steps
+from simmim_jax.training import train
 from tests import train_worker
 
 MASK_ID = 20

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
-from simmim_jax import metrics as metrics_lib
-from simmim_jax import steps
-from simmim_jax import train
+from simmim_jax.training import metrics as metrics_lib
+from simmim_jax.training import steps
+from simmim_jax.training import train
 from tests import train_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from experiments.configs import listops
-from simmim_jax import sharding
-from simmim_jax import train
+from simmim_jax.training import sharding
+from simmim_jax.training import train
 
 
 def small_config(data_dir: str, **overrides):

@@ -11,7 +11,7 @@ Variants: tiny (CPU smoke, a few minutes), small (CPU research size).
 
 import ml_collections
 
-from simmim_jax.experiment_config import base_config
+from simmim_jax.training.experiment_config import base_config
 
 
 def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:

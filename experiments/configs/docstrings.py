@@ -12,7 +12,7 @@ Variants: tiny (a few minutes on 2 CPU cores), small (CPU research size).
 
 import ml_collections
 
-from simmim_jax.experiment_config import base_config
+from simmim_jax.training.experiment_config import base_config
 
 
 def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:

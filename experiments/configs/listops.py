@@ -18,7 +18,7 @@ Variants (after the colon):
 
 import ml_collections
 
-from simmim_jax.experiment_config import base_config
+from simmim_jax.training.experiment_config import base_config
 
 
 def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ data.other_input_key; the dual encoder is then used.
 
 import ml_collections
 
-from simmim_jax.experiment_config import base_config
+from simmim_jax.training.experiment_config import base_config
 
 
 def get_config(variant: str = 'lra') -> ml_collections.ConfigDict:

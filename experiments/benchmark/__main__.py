@@ -1,0 +1,78 @@
+r"""Runs the benchmark suite (experiments/benchmark/suite.py) and prints its tables.
+
+  python -m experiments.benchmark --out_dir=runs/benchmark \
+      [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
+      [--remat] [--groups=op,layer,train_step,decode]
+
+Writes benchmark.json, benchmark.md, time_vs_length.png,
+memory_vs_length.png and (with decoding cases) cache_vs_length.png into
+--out_dir and prints the markdown. --quick: tiny
+sizes, lengths 256 and 512, about a minute on 2 cores (mostly compilation);
+the other flags override either preset. The full run took 22 minutes on a
+shared 2-core CPU. `import simmim_jax` sets glibc's malloc for XLA
+(simmim_jax/allocator.py); the report records what it set.
+"""
+
+import dataclasses
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments.benchmark import report as benchmark_report
+from experiments.benchmark import suite as benchmarks
+
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'where the results go')
+_QUICK = flags.DEFINE_bool('quick', False, 'tiny sizes and short lengths')
+_LENGTHS = flags.DEFINE_list('lengths', None,
+                             'sequence lengths (default: the preset\'s)')
+_REPEATS = flags.DEFINE_integer('repeats', None,
+                                'timed calls per case after a warm-up')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'inputs and compute dtype (softmax stays float32)')
+_REMAT = flags.DEFINE_bool(
+    'remat', False, 'rematerialise each block of the layer and train-step '
+    'models in the backward (jax.checkpoint)')
+_MEMORY_BUDGET = flags.DEFINE_float(
+    'memory_budget_gib', None, 'do not run cases whose compiled peak memory '
+    'exceeds this (GiB)')
+_MAX_SECONDS = flags.DEFINE_float(
+    'max_seconds_per_call', None, 'do not run cases predicted to take longer '
+    'per call: FLOPs at the measured matmul ceiling, or the time at the last '
+    'shorter length scaled by FLOPs')
+_GROUPS = flags.DEFINE_list(
+    'groups', None, "which cases: any of 'op', 'layer', 'train_step', "
+    "'decode' (default: all)")
+flags.mark_flag_as_required('out_dir')
+
+
+def config_from_flags() -> benchmarks.BenchmarkConfig:
+  """The --quick or full preset with the other flags applied."""
+  config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
+  changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value,
+                                          remat=_REMAT.value)}
+  if _GROUPS.value:
+    changes['groups'] = tuple(_GROUPS.value)
+  if _LENGTHS.value:
+    lengths = tuple(int(n) for n in _LENGTHS.value)
+    changes.update(lengths=lengths, train_step_lengths=lengths,
+                   decode_lengths=lengths)
+  for name, flag in (('repeats', _REPEATS),
+                     ('memory_budget_gib', _MEMORY_BUDGET),
+                     ('max_seconds_per_call', _MAX_SECONDS)):
+    if flag.value is not None:
+      changes[name] = flag.value
+  return dataclasses.replace(config, **changes)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  report = benchmarks.run(
+      config_from_flags(), _OUT_DIR.value,
+      command=['python -m experiments.benchmark', *sys.argv[1:]])
+  print(benchmark_report.to_markdown(report))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,345 @@
+"""The benchmark suite: SimMIM's ops, layers, train step and decoding step
+against full attention and PyTorch, from 1k to 32k tokens, in one run.
+
+  from experiments.benchmark import report, suite
+  results = suite.run(suite.BenchmarkConfig(), 'runs/benchmark')
+  print(report.to_markdown(results))
+
+For every case (see benchmark_cases.py): XLA's FLOP count and compiled peak
+memory (nothing executed), compile seconds, and the median time of `repeats`
+calls after one warm-up call. Achieved GFLOP/s is compared with a large
+matmul's, measured in the same run (the machine's ceiling). A case whose
+compiled peak exceeds the memory budget, or whose predicted time per call
+exceeds `max_seconds_per_call`, is costed but not run (time None).
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import sys
+from typing import Any, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+from absl import logging
+
+from simmim_jax import allocator
+from experiments.benchmark import cases as cases
+from experiments.benchmark import report as benchmark_report
+from experiments.benchmark.report import Row
+from simmim_jax.models.model_config import FAMILIES
+from simmim_jax.cost import compiled_cost
+from simmim_jax.cost import median_seconds
+from simmim_jax.cost import program_cost
+
+ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
+            'MALLOC_ARENA_MAX', allocator.OPT_OUT, 'XLA_FLAGS')
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """What one run measures, and how hard it may push the machine."""
+  sizes: cases.Sizes = cases.Sizes()
+  lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)
+  groups: tuple[str, ...] = cases.GROUPS  # which of 'op', 'layer', 'train_step'
+  train_step_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
+  train_step_families: tuple[str, ...] = FAMILIES
+  repeats: int = 5                 # timed calls per case, after a warm-up
+  ceiling_size: int = 4096         # n of the [n, n] @ [n, n] ceiling matmul
+  compile_depths: tuple[int, ...] = (2, 6, 12)  # train-step compile vs depth
+  compile_families: tuple[str, ...] = FAMILIES  # ... of these families
+  decode_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
+  decode_kinds: tuple[tuple[str, str], ...] = cases.DECODE_KINDS
+  memory_budget_gib: float = 12.0  # larger compiled peaks are not run
+  max_seconds_per_call: float = 15.0  # nor those predicted slower per call
+
+
+QUICK = BenchmarkConfig(
+    sizes=cases.Sizes(num_heads=2, head_dim=16, segment_len=64,
+                      num_templates=4, mlp_dim=64),
+    lengths=(256, 512), train_step_lengths=(256,),
+    train_step_families=('simmim', 'transformer'), repeats=1,
+    ceiling_size=256, compile_depths=(1, 2), compile_families=('simmim',),
+    decode_kinds=(('simmim', 'softmax'), ('transformer', 'softmax')))
+
+
+def available_cpus() -> int:
+  """Cores this process may run on (all of which XLA's CPU client uses)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def import_torch() -> tuple[Any, Optional[str]]:
+  """(torch, None), or (None, why it cannot be imported)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    return None, f'torch not importable ({error})'
+  return torch, None
+
+
+def torch_device(torch: Any) -> str:
+  """'cuda' when JAX runs on a GPU that torch sees too, else 'cpu'."""
+  on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+  return 'cuda' if on_gpu else 'cpu'
+
+
+def measure_ceiling(size: int, dtype, repeats: int) -> dict[str, Any]:
+  """GFLOP/s of a [size, size] @ [size, size] matmul (2 size^3 FLOPs)."""
+  a, b = (cases.normal(seed, (size, size), dtype) for seed in (0, 1))
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  seconds = median_seconds(lambda: matmul(a, b), repeats)
+  flops = 2.0 * size ** 3
+  return {'size': size, 'dtype': jnp.dtype(dtype).name, 'flops': flops,
+          'xla_flops': program_cost(matmul)['xla_flops'],
+          'seconds': seconds, 'gflops_per_s': flops / seconds / 1e9}
+
+
+def predicted_seconds(flops: float, ceiling_flops: float,
+                      previous: Optional[Row]) -> float:
+  """Seconds a call should take: its FLOPs at the ceiling, or, if longer,
+  the time of the same case at a shorter length (`previous`, a row that
+  ran) scaled by the FLOP ratio."""
+  at_ceiling = flops / ceiling_flops
+  if previous is None:
+    return at_ceiling
+  return max(at_ceiling, previous['seconds'] * flops / previous['flops'])
+
+
+def skip_reason(peak_bytes: Optional[float], predicted: float,
+                config: BenchmarkConfig) -> Optional[str]:
+  """Why a case is not run, or None to run it (unknown peak: not checked)."""
+  if peak_bytes is not None and peak_bytes > config.memory_budget_gib * 2**30:
+    return (f'peak {peak_bytes / 2**30:.1f} GiB > '
+            f'{config.memory_budget_gib:g} GiB budget')
+  if predicted > config.max_seconds_per_call:
+    return (f'{predicted:.1f} s/call predicted > '
+            f'{config.max_seconds_per_call:g} s')
+  return None
+
+
+def make_row(framework: str, group: str, name: str, mode: str, length: int, *,
+             flops: float, peak_bytes: Optional[float],
+             compile_seconds: Optional[float], predicted: float,
+             seconds: Optional[float], skipped: Optional[str],
+             ceiling_flops: float,
+             cache_bytes: Optional[int] = None) -> Row:
+  """One result; rates are None when the case was not run."""
+  row = {'framework': framework, 'group': group, 'name': name, 'mode': mode,
+         'length': length, 'flops': flops, 'peak_bytes': peak_bytes,
+         'compile_seconds': compile_seconds, 'predicted_seconds': predicted,
+         'seconds': seconds, 'skipped': skipped, 'gflops_per_s': None,
+         'ceiling_fraction': None}
+  if seconds is not None:
+    row['gflops_per_s'] = flops / seconds / 1e9
+    row['ceiling_fraction'] = flops / seconds / ceiling_flops
+  if mode == cases.TRAIN_STEP:
+    row['tokens_per_s'] = None if seconds is None else length / seconds
+  if mode == cases.DECODE_STEP:  # one token per call
+    row['tokens_per_s'] = None if seconds is None else 1 / seconds
+    row['cache_bytes'] = cache_bytes
+  return row
+
+
+def measure_case(case: cases.Case, config: BenchmarkConfig,
+                 ceiling_flops: float,
+                 previous: dict[str, Optional[Row]]) -> list[Row]:
+  """Costs each mode of `case`, then times those `skip_reason` lets run.
+
+  `previous[mode]`: the row of that mode at the last shorter length that ran
+  (or None), for `predicted_seconds`.
+  """
+  make_args = functools.partial(cases.mode_args, case)
+  specs = jax.eval_shape(make_args)
+  costs = {mode: compiled_cost(fn, *specs[mode])
+           for mode, fn in case.modes.items()}
+  predicted = {mode: predicted_seconds(cost['flops'], ceiling_flops,
+                                       previous[mode])
+               for mode, cost in costs.items()}
+  skipped = {mode: skip_reason(cost['peak_bytes'], predicted[mode], config)
+             for mode, cost in costs.items()}
+  seconds = dict.fromkeys(case.modes)
+  if None in skipped.values():
+    args = make_args()
+    for mode, fn in case.modes.items():
+      if skipped[mode] is None:
+        seconds[mode] = median_seconds(_timed_call(fn, args[mode], case),
+                                       config.repeats)
+  cache_bytes = None
+  if case.carried is not None:
+    cache_bytes = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in
+                      jax.tree.leaves(specs[next(iter(case.modes))][
+                          case.carried]))
+  rows = []
+  for mode, cost in costs.items():
+    logging.info('%s %s %d: %.4g GFLOP, %s', case.name, mode, case.length,
+                 cost['flops'] / 1e9, skipped[mode] or f'{seconds[mode]:.4g} s')
+    rows.append(make_row(
+        'jax', case.group, case.name, mode, case.length, flops=cost['flops'],
+        peak_bytes=cost['peak_bytes'], compile_seconds=cost['compile_seconds'],
+        predicted=predicted[mode], seconds=seconds[mode],
+        skipped=skipped[mode], ceiling_flops=ceiling_flops,
+        cache_bytes=cache_bytes))
+  return rows
+
+
+def _timed_call(fn, args, case: cases.Case):
+  """fn on args, jitted, as a call of no arguments. A carried argument is
+  donated and replaced by each call's new value, as a decoding loop updates
+  its cache in place."""
+  compiled = jax.jit(fn, donate_argnums=() if case.carried is None
+                     else (case.carried,))
+  if case.carried is None:
+    return functools.partial(compiled, *args)
+  args = list(args)
+
+  def call():
+    out, args[case.carried] = compiled(*args)
+    return out
+  return call
+
+
+def measure_cases(all_cases: Sequence[cases.Case], config: BenchmarkConfig,
+                  ceiling_flops: float) -> list[Row]:
+  """`measure_case` over cases given shortest length first per name."""
+  rows = []
+  last_run: dict[tuple[str, str], Row] = {}
+  for case in all_cases:
+    previous = {mode: last_run.get((case.name, mode)) for mode in case.modes}
+    for row in measure_case(case, config, ceiling_flops, previous):
+      rows.append(row)
+      if row['seconds'] is not None:
+        last_run[case.name, row['mode']] = row
+  return rows
+
+
+def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
+               jax_rows: Sequence[Row], ceiling_flops: float) -> list[Row]:
+  """The PyTorch peers, each credited with its JAX twin's XLA FLOPs; every
+  row is marked skipped when torch is `unavailable`."""
+  if torch is not None:
+    torch.set_num_threads(available_cpus())
+  twins = {(r['name'], r['mode'], r['length']): r for r in jax_rows}
+  rows = []
+  if 'op' not in config.groups:
+    return rows
+  for name, twin in cases.TORCH_TWINS.items():
+    for mode in (cases.FORWARD, cases.BACKWARD):
+      previous = None
+      for length in config.lengths:
+        flops = twins[twin, mode, length]['flops']
+        predicted = predicted_seconds(flops, ceiling_flops, previous)
+        skipped = unavailable or skip_reason(None, predicted, config)
+        seconds = None
+        if skipped is None:
+          call = cases.torch_calls(torch, config.sizes, name, length,
+                                   torch_device(torch))[mode]
+          seconds = median_seconds(call, config.repeats)
+        rows.append(make_row(
+            'torch', 'op', name, mode, length, flops=flops, peak_bytes=None,
+            compile_seconds=None, predicted=predicted, seconds=seconds,
+            skipped=skipped, ceiling_flops=ceiling_flops))
+        if seconds is not None:
+          previous = rows[-1]
+  return rows
+
+
+def compile_vs_depth(config: BenchmarkConfig,
+                     rows: Sequence[Row]) -> list[Row]:
+  """Train-step compile seconds per family and depth, at the first length
+  (blocks are under nn.scan: the program should not grow with depth). The
+  train-step `rows` already hold the cost at their own depth."""
+  compiled = {(r['name'], r['length']): r for r in rows
+              if r['group'] == 'train_step'}
+  length = config.lengths[0]
+  out = []
+  if 'train_step' not in config.groups:
+    return out
+  for family in config.compile_families:
+    for depth in config.compile_depths:
+      case = cases.train_step_case(config.sizes, family, length, depth)
+      cost = None
+      if depth == config.sizes.num_layers:
+        cost = compiled.get((case.name, length))
+      if cost is None:
+        cost = compiled_cost(case.modes[cases.TRAIN_STEP],
+                             *jax.eval_shape(case.inputs))
+      out.append({'name': case.name, 'num_layers': depth, 'length': length,
+                  'compile_seconds': cost['compile_seconds'],
+                  'flops': cost['flops'], 'peak_bytes': cost['peak_bytes']})
+  return out
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def machine(torch: Any, command: Sequence[str]) -> dict[str, Any]:
+  """Devices, CPU, library versions, allocator/XLA env vars, the malloc
+  settings simmim_jax applied (allocator.py), command line."""
+  return {
+      'devices': [str(d) for d in jax.devices()],
+      'platform': jax.default_backend(),
+      'os': platform.platform(),
+      'cpu': _cpu_model(),
+      'cpu_count': os.cpu_count(),
+      'cpus_available': available_cpus(),
+      'versions': {'python': platform.python_version(),
+                   'jax': jax.__version__,
+                   'jaxlib': jaxlib.__version__,
+                   'flax': flax.__version__, 'optax': optax.__version__,
+                   'numpy': np.__version__,
+                   'torch': None if torch is None else torch.__version__},
+      'torch_threads': None if torch is None else torch.get_num_threads(),
+      'torch_device': None if torch is None else torch_device(torch),
+      'env': {name: os.environ.get(name) for name in ENV_VARS},
+      'malloc_set_on_import': dict(allocator.applied),
+      'command': ' '.join(command),
+  }
+
+
+def run(config: BenchmarkConfig, out_dir: str,
+        command: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  """Runs the suite; writes benchmark.json, benchmark.md and the two plots
+  into `out_dir`, and returns the report that benchmark.json holds."""
+  unknown = set(config.groups) - set(cases.GROUPS)
+  if unknown:
+    raise ValueError(f'unknown benchmark groups {sorted(unknown)}: choose '
+                     f'from {cases.GROUPS}')
+  os.makedirs(out_dir, exist_ok=True)
+  torch, unavailable = import_torch()
+  ceiling = measure_ceiling(config.ceiling_size, config.sizes.compute_dtype,
+                            config.repeats)
+  ceiling_flops = ceiling['gflops_per_s'] * 1e9
+  all_cases = [case for case in cases.jax_cases(
+      config.sizes, config.lengths, config.train_step_lengths or config.lengths,
+      config.train_step_families, config.decode_lengths or config.lengths,
+      config.decode_kinds) if case.group in config.groups]
+  rows = measure_cases(all_cases, config, ceiling_flops)
+  rows += torch_rows(torch, unavailable, config, rows, ceiling_flops)
+  report = {
+      'machine': machine(torch, sys.argv if command is None else command),
+      'config': dataclasses.asdict(config), 'ceiling': ceiling, 'rows': rows,
+      'compile_vs_depth': compile_vs_depth(config, rows),
+      'slopes': benchmark_report.slopes(rows)}
+  with open(os.path.join(out_dir, 'benchmark.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(out_dir, 'benchmark.md'), 'w') as f:
+    f.write(benchmark_report.to_markdown(report))
+  benchmark_report.save_plots(rows, out_dir)
+  return report

@@ -1,0 +1,48 @@
+"""Memory-in-memory inference for whole models with template attention.
+
+`build_cache` runs a model once on a fixed context and keeps, for every
+template layer, the K template outputs per head (and per segment):
+[layers, batch, (segments,) heads, K, head_dim]. `apply_with_cache` runs the
+model on new inputs whose template layers answer every query from that cache
+(nearest template + gather, O(K * head_dim) per query) instead of attending
+over their own keys: new inputs read the context's attention memory. On the
+context itself, the cached run equals the uncached one (the same operations;
+up to float rounding where XLA fuses the two programs differently).
+"""
+
+from typing import Any
+
+import jax
+from flax import linen as nn
+
+from simmim_jax.models.template_layer import CACHE
+
+
+def _check_model(model: nn.Module) -> None:
+  cfg = model.config
+  if cfg.attention_kind != 'templates':
+    raise ValueError("a template cache needs attention_kind='templates', got "
+                     f'{cfg.attention_kind!r}')
+  if cfg.head != 'classifier':
+    # The LM's causal templates keep running prefixes, not a fixed-context
+    # cache; a dual encoder runs its encoder on two contexts.
+    raise ValueError(f"a template cache serves head 'classifier', got "
+                     f'{cfg.head!r}')
+
+
+def build_cache(model: nn.Module, params: Any, *inputs: Any) -> Any:
+  """The template outputs of every layer on the context `inputs` (the
+  model's positional arguments, e.g. tokens [batch, length] and mask)."""
+  _check_model(model)
+  _, variables = model.apply({'params': params}, *inputs,
+                             mutable=[CACHE])
+  return variables[CACHE]
+
+
+def apply_with_cache(model: nn.Module, params: Any, cache: Any,
+                     *inputs: Any) -> jax.Array:
+  """The model's outputs on `inputs` with every template layer answered
+  from `cache` (built on a context with the same batch size and at least as
+  many segments)."""
+  _check_model(model)
+  return model.apply({'params': params, CACHE: cache}, *inputs)
