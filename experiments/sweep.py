@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 from simmim_jax.sweep import summary as sweep_summary
 
 config_flags.DEFINE_config_file(

@@ -12,7 +12,7 @@ from simmim_jax import build_model
 from simmim_jax import data
 from simmim_jax.inference import decoding
 from simmim_jax.training import experiment_config
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 from simmim_jax.training import train
 from tests import imdb_like  # noqa: F401  (registers imdb_like)
 

@@ -11,6 +11,7 @@ from flax import linen as nn
 
 import simmim_jax
 from simmim_jax import ModelConfig
+from simmim_jax.models.attention_maps import attention_maps
 
 FAMILIES = ('simmim', 'local', 'transformer')
 
@@ -266,7 +267,6 @@ def test_program_size_does_not_grow_with_depth(rng):
                                          ('simmim', 'lm'),
                                          ('transformer', 'classifier')])
 def test_attention_maps(rng, family, head):
-  from simmim_jax.models.attention_maps import attention_maps
   cfg = _config(family=family, head=head, num_layers=2)
   model = simmim_jax.build_model(cfg)
   tokens = _tokens(rng, 2, 14)

@@ -13,6 +13,7 @@ import pytest
 from simmim_jax.ops import masking
 from simmim_jax.training import steps
 from simmim_jax.training import train
+from simmim_jax.training import distill
 from tests import train_worker
 
 MASK_ID = 20
@@ -120,7 +121,6 @@ def test_fine_tuning_loads_the_encoder_and_starts_a_fresh_head(
 
 def test_init_from_an_unfinished_run_warns_with_its_step(pretrained, tmp_path,
                                                         caplog):
-  from simmim_jax import distill  # pylint: disable=g-import-not-at-top
   source_dir = pretrained[0]
   running = str(tmp_path / 'running')
   shutil.copytree(source_dir, running,
@@ -159,7 +159,6 @@ def test_masked_resume_equals_uninterrupted(tmp_path, data_dir):
 
 
 def test_a_changed_encoder_shape_is_refused_by_name():
-  from simmim_jax import distill  # pylint: disable=g-import-not-at-top
   fresh = {'encoder': {'token_embedding': {'embedding': np.zeros((5, 4))}},
            'head': {'kernel': np.zeros((4, 2))}}
   source = {'encoder': {'token_embedding': {'embedding': np.ones((5, 8))}}}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 from simmim_jax.sweep import summary as sweep_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,7 +128,7 @@ def test_target_parsing():
 # --- A real sweep, interrupted twice ----------------------------------------
 
 _SWEEP_FILE = '''
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 
 def get_sweep(variant=''):
   points = sweep.with_seeds(sweep.product({'model.family': ['simmim', 'local']}),

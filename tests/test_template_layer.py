@@ -7,6 +7,9 @@ import pytest
 
 import simmim_jax
 from simmim_jax.cost import compiled_cost
+from simmim_jax.models.template_layer import TemplateAttention
+from simmim_jax.training import optim
+from simmim_jax.training import steps
 from tests import reference
 from tests.test_templates import _normal
 from tests.test_templates import _ragged_mask
@@ -23,7 +26,6 @@ def _template_config(**overrides):
 @pytest.mark.parametrize('family', ['simmim', 'transformer'])
 def test_layer_forward_is_hard_template_attention(rng, family):
   from flax import linen as nn
-  from simmim_jax.models.template_layer import TemplateAttention
   cfg = _template_config(family=family)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 21, 4, 8)), jnp.float32)
              for _ in range(3))
@@ -89,7 +91,6 @@ def test_template_config_errors():
 
 def _layer_step(cfg, library, q, k, v, mask, seed=0):
   """One training-mode call of the template layer: (stats, library update)."""
-  from simmim_jax.models.template_layer import TemplateAttention
   layer = TemplateAttention(cfg)
   variables = layer.init(jax.random.key(0), q, k, v, mask)
   variables = {**variables, 'params': {'library': library}}
@@ -151,8 +152,6 @@ def test_dead_templates_are_reseeded_from_real_queries(rng, update):
 def test_train_steps_update_library_and_stats(rng, update):
   from flax import linen as nn
   import optax
-  from simmim_jax.training import optim
-  from simmim_jax.training import steps
   cfg = _template_config(template_update=update, num_layers=2)
   model = simmim_jax.Classifier(cfg)
   batch = {'tokens': jnp.asarray(rng.integers(0, 17, (4, 24)), jnp.int32),
@@ -190,7 +189,6 @@ def test_train_steps_update_library_and_stats(rng, update):
 @pytest.mark.parametrize('family', ['simmim', 'transformer'])
 def test_layer_cache_answers_new_queries_from_the_context(rng, family):
   from flax import linen as nn
-  from simmim_jax.models.template_layer import TemplateAttention
   cfg = _template_config(family=family)
   context = [_normal(rng, (2, 21, 4, 8)) for _ in range(3)]
   mask = jnp.arange(21)[None] < jnp.asarray([[21], [13]])

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from simmim_jax.ops import attention
 from simmim_jax import cost
+from simmim_jax import data
 from simmim_jax.ops import templates as templates_lib
 from simmim_jax.training import train
 from simmim_jax.models.model_config import ModelConfig
@@ -124,7 +125,6 @@ def run_study(config, workdir: str, ks, finetune_steps: int, cost_length: int,
 
 
 def _datasets(config):
-  from simmim_jax import data  # pylint: disable=g-import-not-at-top
   return data.create_datasets(config.data, global_batch_size=config.batch_size,
                               eval_batch_size=config.eval_batch_size,
                               seed=config.seed)

@@ -6,7 +6,7 @@ r"""The three families with everything else equal, over seeds.
 The variant is the number of seeds (default 3: seeds 0, 1, 2).
 """
 
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 
 FAMILIES = ('simmim', 'local', 'transformer')
 

@@ -26,7 +26,7 @@ the summary counts the pretraining's steps and time in its columns
 `pretrain_steps`, `pretrain_train_seconds`, `total_train_seconds_to_target`.
 """
 
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 
 FAMILIES = ('simmim', 'transformer')
 PRETRAIN_STEPS = 750          # small_cpu fine-tunes for 1,500

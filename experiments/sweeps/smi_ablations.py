@@ -8,7 +8,7 @@ The first point changes nothing (the reference); `segment_states=False` is
 the local-only family. The variant is the number of seeds (default 2).
 """
 
-from simmim_jax.sweep import runner as sweep
+from simmim_jax import sweep
 
 ABLATIONS = (
     {},                                   # reference: the config as it is

@@ -18,6 +18,9 @@ from flax import traverse_util
 
 from simmim_jax.ops import templates as templates_lib
 from simmim_jax.models.attention_maps import find_subtree
+from simmim_jax.models import models
+from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.training import checkpoints
 
 LIBRARY_PATH = ('attention', 'templates', 'library')
 
@@ -179,7 +182,6 @@ def _matching(flat_source: dict, path: tuple, value: Any, source: str) -> Any:
 
 def load_trained_params(workdir: str) -> tuple[Any, dict]:
   """(parameters of the latest checkpoint, saved config dict) of a run."""
-  from simmim_jax import checkpoints  # pylint: disable=g-import-not-at-top
   saved_config = checkpoints.load_config(workdir)
   checkpointer = checkpoints.Checkpointer(workdir, keep=1)
   step = checkpointer.latest_step()
@@ -204,7 +206,6 @@ def pretrained_objective(workdir: str) -> Optional[str]:
   """The objective of the run in `workdir` ('' -> None: no run given)."""
   if not workdir:
     return None
-  from simmim_jax import checkpoints  # pylint: disable=g-import-not-at-top
   saved = checkpoints.load_config(workdir)
   return None if saved is None else saved.get('objective', 'supervised')
 
@@ -227,8 +228,6 @@ def initial_params(config, model, datasets, fresh_params: Any) -> Any:
   (template_init 'random') or fitted to the trained model's queries
   ('kmeans'). From a masked-pretraining run into another objective, only
   its encoder (`pretrained_encoder`)."""
-  from simmim_jax import models  # pylint: disable=g-import-not-at-top
-  from simmim_jax.models.model_config import ModelConfig  # pylint: disable=g-import-not-at-top
   source_params, saved = load_trained_params(config.init_from)
   if (saved.get('objective') == 'masked'
       and config.objective != 'masked'):

@@ -12,6 +12,9 @@ import typing
 import ml_collections
 
 from simmim_jax.training import optim
+from simmim_jax import data
+from simmim_jax.ops import masking
+from simmim_jax.training import sharding
 from simmim_jax.models.model_config import ModelConfig
 
 # Model fields the trainer fills in from the data (see train.model_config).
@@ -21,7 +24,6 @@ DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
 
 def base_config() -> ml_collections.ConfigDict:
   """Every top-level field with its default; task configs override these."""
-  from simmim_jax import data  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
   config.seed = 0                  # parameters, dropout and data order
   # ModelConfig kwargs; vocab_size, num_classes, head, max_len and
@@ -71,7 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.trainable = 'all'         # 'all' | 'templates_and_head' (PEFT)
   config.mesh = ml_collections.ConfigDict()
   config.mesh.shape = (-1, 1)      # (data, model); -1 = remaining devices
-  from simmim_jax import sharding  # pylint: disable=g-import-not-at-top
   config.mesh.rules = sharding.default_rules()  # logical axis -> mesh axis
   return config
 
@@ -144,7 +145,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(config.masking.keys()) - set(known.masking.keys()))
   if unknown:
     raise ValueError(f'unknown masking field(s) {unknown}')
-  from simmim_jax import masking  # pylint: disable=g-import-not-at-top
   if config.masking.mode not in masking.MODES:
     raise ValueError(f'masking.mode must be one of {list(masking.MODES)}, '
                      f'got {config.masking.mode!r}')
@@ -165,7 +165,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not config.best_metric.startswith('eval_'):
     raise ValueError(f"best_metric must be an eval metric ('eval_...'), got "
                      f'{config.best_metric!r}')
-  from simmim_jax import data  # pylint: disable=g-import-not-at-top
   data.validate_data_config(config.data)
   model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(config.model.keys()) - model_fields)
