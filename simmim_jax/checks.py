@@ -5,19 +5,46 @@ researcher composing functions in an ablation sees which input is wrong.
 Checks look only at static shapes and Python values, so they are free under jit.
 """
 
+import math
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 
+def integer(value: Any, name: str, *, minimum: int = 1,
+            hint: str = '') -> int:
+  """Returns `value` as an int, or raises unless it is an integer >=
+  `minimum` (bools are not integers here). `hint` says what a value means,
+  e.g. '(0: evaluate only)'."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+      or value < minimum:
+    kind = ('a positive integer' if minimum == 1
+            else f'an integer >= {minimum}')
+    raise ValueError(f'{name} must be {kind}{" " + hint if hint else ""}, '
+                     f'got {value!r}')
+  return int(value)
+
+
 def positive_int(value: Any, name: str) -> int:
   """Returns `value` as an int, or raises if it is not an integer > 0."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f'{name} must be a positive integer, got {value!r}')
-  if value <= 0:
-    raise ValueError(f'{name} must be a positive integer, got {value}')
-  return int(value)
+  return integer(value, name, minimum=1)
+
+
+def number(value: Any, name: str, *, low: float = 0.0,
+           high: float = math.inf, low_open: bool = False,
+           high_open: bool = True) -> float:
+  """Returns `value` as a float, or raises unless it is a real number in
+  the interval from `low` to `high` (each end open or closed)."""
+  ok = (not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high))
+  if not ok:
+    interval = (('(' if low_open else '[') + f'{low:g}, {high:g}'
+                + (')' if high_open else ']'))
+    raise ValueError(f'{name} must be a number in {interval}, got {value!r}')
+  return float(value)
 
 
 def rank(x: Any, expected: int, name: str, layout: str) -> None:
