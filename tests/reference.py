@@ -72,6 +72,23 @@ def segment_state_attention(states, w_q, w_k, w_v, mask=None, causal=False,
   return out
 
 
+def state_query(state, state_keys, state_values, w_q, num_finished):
+  """One finished segment's state per row over the first num_finished[b]
+  cached state keys and values: s + sum_j softmax_j(s w_q . k_j) v_j."""
+  s, keys, values, w_q = (np.asarray(a, np.float64)
+                          for a in (state, state_keys, state_values, w_q))
+  key_dim = w_q.shape[1]
+  out = s.copy()
+  for b in range(s.shape[0]):
+    finished = range(int(num_finished[b]))
+    scores = [(s[b] @ w_q) @ keys[b, j] / math.sqrt(key_dim)
+              for j in finished]
+    if scores:
+      out[b] = s[b] + _softmax_weighted(scores, [values[b, j]
+                                                 for j in finished])
+  return out
+
+
 # Pair aggregators on single vectors.
 
 def concat_pair(params, left, right):

@@ -1,4 +1,5 @@
-"""Masked self-pretraining: masking invariants, the run, fine-tuning from it."""
+"""Masked self-pretraining: the run, fine-tuning from it (the masking
+functions themselves: test_masking.py)."""
 
 import json
 import logging
@@ -10,67 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simmim_jax.ops import masking
 from simmim_jax.training import steps
 from simmim_jax.training import train
 from simmim_jax.training import distill
 from tests import train_worker
-
-MASK_ID = 20
-
-
-def _spec(mode, ratio=0.25):
-  return masking.MaskingSpec(ratio=ratio, mode=mode, mean_span=3,
-                             segment_len=8, mask_id=MASK_ID)
-
-
-def _batch(rows=64, length=64, seed=0):
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(9, length + 1, rows)
-  mask = np.arange(length)[None, :] < lengths[:, None]
-  tokens = rng.integers(1, MASK_ID, (rows, length)) * mask
-  return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask)
-
-
-@pytest.mark.parametrize('mode', masking.MODES)
-def test_masking_hides_about_ratio_of_real_positions_and_never_padding(mode):
-  tokens, mask = _batch()
-  keys = jax.random.split(jax.random.key(0), tokens.shape[0])
-  corrupted, chosen = map(np.asarray, masking.mask_batch(
-      keys, tokens, mask, _spec(mode)))
-  mask, tokens = np.asarray(mask), np.asarray(tokens)
-  assert not np.any(chosen & ~mask)
-  assert np.all(chosen.sum(1) >= 1)
-  np.testing.assert_array_equal(corrupted[~chosen], tokens[~chosen])
-  fraction = chosen.sum() / mask.sum()
-  assert 0.15 < fraction < 0.35, fraction
-  if mode == 'token':  # 80% mask token, 10% random, 10% kept
-    replaced = corrupted[chosen]
-    assert 0.7 < np.mean(replaced == MASK_ID) < 0.9
-    assert np.all((replaced >= 1) & (replaced <= MASK_ID))
-  else:
-    assert np.all(corrupted[chosen] == MASK_ID)
-  if mode == 'segment':  # whole segments (their real positions)
-    segments = (chosen | ~mask).reshape(chosen.shape[0], -1, 8)
-    touched = chosen.reshape(chosen.shape[0], -1, 8).any(-1)
-    assert np.all(segments.all(-1)[touched])
-  if mode == 'span':  # runs longer than one position on average
-    starts = chosen & ~np.pad(chosen, ((0, 0), (1, 0)))[:, :-1]
-    assert chosen.sum() / starts.sum() > 1.8
-
-
-def test_masking_is_per_row_and_eval_keys_come_from_the_content():
-  tokens, mask = _batch(rows=8)
-  spec = _spec('token')
-  keys = jax.random.split(jax.random.key(3), 8)
-  whole = masking.mask_batch(keys, tokens, mask, spec)[1]
-  part = masking.mask_batch(keys[2:5], tokens[2:5], mask[2:5], spec)[1]
-  np.testing.assert_array_equal(whole[2:5], part)
-  content = masking.content_keys(tokens)
-  np.testing.assert_array_equal(
-      masking.mask_batch(content, tokens, mask, spec)[1][3],
-      masking.mask_batch(masking.content_keys(tokens[3:4]), tokens[3:4],
-                         mask[3:4], spec)[1][0])
 
 
 @pytest.fixture(scope='module')

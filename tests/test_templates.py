@@ -1,4 +1,7 @@
-"""Attention templates vs float64 loops; cache, cost, VQ and k-means helpers."""
+"""Attention templates vs float64 loops; the template cache and its cost.
+
+Learning the library (VQ, EMA k-means, re-seeding) is in
+test_template_learning.py."""
 
 import jax
 import jax.numpy as jnp
@@ -300,107 +303,6 @@ def test_template_attention_never_builds_a_length_by_length_array(rng):
   assert all(s.count(length) <= 1 for s in shapes), shapes
 
 
-def test_quantize_is_straight_through(rng):
-  templates, q, _, _ = _inputs(rng, 2, 9)
-  assignments, quantized = simmim_jax.quantize(q, templates)
-  np.testing.assert_array_equal(assignments,
-                                simmim_jax.assign_templates(q, templates))
-  chosen = np.asarray(templates)[np.arange(3)[None, None], assignments]
-  np.testing.assert_allclose(quantized, chosen, rtol=1e-6, atol=1e-6)
-  cotangent = _normal(rng, q.shape)
-  loss = lambda q, t: jnp.sum(simmim_jax.quantize(q, t)[1]  # noqa: E731
-                              * cotangent)
-  grad_q, grad_t = jax.grad(loss, argnums=(0, 1))(q, templates)
-  np.testing.assert_array_equal(grad_q, cotangent)
-  np.testing.assert_array_equal(grad_t, 0.0)
-
-
-def test_vq_losses_values_and_gradients(rng):
-  templates, q, _, _ = _inputs(rng, 2, 11)
-  mask = _ragged_mask(rng, 2, 11)
-  assignments = simmim_jax.assign_templates(q, templates)
-  q64, t64, m = np.float64(q), np.float64(templates), np.asarray(mask)
-  chosen = t64[np.arange(3)[None, None], assignments]  # [2, 11, 3, 4]
-  count = m.sum() * 3
-  want = np.sum(m[..., None] * np.sum((q64 - chosen) ** 2, -1)) / count
-  losses = simmim_jax.vq_losses(q, templates, assignments, mask=mask)
-  np.testing.assert_allclose(losses['codebook'], want, rtol=1e-6)
-  np.testing.assert_allclose(losses['commitment'], want, rtol=1e-6)
-
-  def grads(name):
-    return jax.grad(lambda q, t: simmim_jax.vq_losses(
-        q, t, assignments, mask=mask)[name], argnums=(0, 1))(q, templates)
-
-  grad_q, grad_t = grads('codebook')
-  np.testing.assert_array_equal(grad_q, 0.0)
-  want_t = np.zeros_like(t64)
-  for b, t, h in zip(*np.nonzero(m[..., None] & np.ones((1, 1, 3), bool))):
-    want_t[h, assignments[b, t, h]] += 2 * (chosen[b, t, h] - q64[b, t, h])
-  np.testing.assert_allclose(grad_t, want_t / count, rtol=1e-5, atol=1e-6)
-
-  grad_q, grad_t = grads('commitment')
-  np.testing.assert_array_equal(grad_t, 0.0)
-  np.testing.assert_allclose(grad_q, 2 * m[..., None, None] * (q64 - chosen)
-                             / count, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('use_mask', [False, True])
-def test_ema_kmeans_update_matches_reference(rng, use_mask):
-  _, q, _, _ = _inputs(rng, 2, 15)
-  mask = _ragged_mask(rng, 2, 15) if use_mask else None
-  assignments = _assignments(rng, 2, 15, 3, 5)
-  assignments = assignments.at[:, :, 0].set(jnp.minimum(assignments[:, :, 0],
-                                                         3))  # an empty one
-  sizes = jnp.asarray(rng.random((3, 5)) * 4, jnp.float32)
-  sums = _normal(rng, (3, 5, 4))
-  got = simmim_jax.ema_kmeans_update(sizes, sums, q, assignments, decay=0.9,
-                                     mask=mask)
-  want = reference.ema_kmeans_update(sizes, sums, q, np.asarray(assignments),
-                                     0.9, mask)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-  # A fresh cluster with all its mass from this batch: its template is its
-  # queries' mean (up to the smoothing).
-  zeros = simmim_jax.ema_kmeans_update(jnp.zeros((3, 5)), jnp.zeros((3, 5, 4)),
-                                       q, assignments, decay=0.0)
-  c = assignments[0, 0, 0]
-  members = np.asarray(q)[:, :, 0][np.asarray(assignments[:, :, 0]) == c]
-  np.testing.assert_allclose(zeros[2][0, c], members.mean(0), rtol=1e-4)
-
-
-def test_reseed_replaces_exactly_the_dead_templates(rng):
-  templates, q, _, _ = _inputs(rng, 2, 10, num_templates=6)
-  mask = _ragged_mask(rng, 2, 10)
-  sizes = jnp.asarray(rng.random((3, 6)) * 2, jnp.float32)
-  reseed = jax.jit(lambda t, s, q, key, m: simmim_jax.reseed_dead_templates(
-      t, s, q, key, threshold=1.0, mask=m))
-  new, replaced = reseed(templates, sizes, q, jax.random.key(0), mask)
-  dead = np.asarray(sizes) < 1.0
-  assert dead.sum() > 0
-  np.testing.assert_array_equal(replaced, dead)
-  np.testing.assert_array_equal(np.asarray(new)[~dead],
-                                np.asarray(templates)[~dead])
-  real_q = np.asarray(q)[np.asarray(mask)]  # [real positions, heads, dim]
-  for h, c in zip(*np.nonzero(dead)):
-    matches = np.all(real_q[:, h] == np.asarray(new)[h, c], axis=-1)
-    assert matches.any(), (h, c)
-  for h in range(3):  # distinct while there are enough real queries
-    rows = np.asarray(new)[h, dead[h]]
-    assert len(np.unique(rows, axis=0)) == len(rows)
-  # Fewer real queries than templates: still real queries only.
-  one = jnp.zeros((2, 10), bool).at[1, 3].set(True)
-  new, replaced = reseed(templates, jnp.zeros((3, 6)), q, jax.random.key(1),
-                         one)
-  assert np.all(replaced)
-  np.testing.assert_array_equal(
-      new, jnp.broadcast_to(q[1, 3][:, None], (3, 6, 4)))
-  # No real query: nothing to reseed from.
-  new, replaced = reseed(templates, jnp.zeros((3, 6)), q, jax.random.key(2),
-                         jnp.zeros((2, 10), bool))
-  assert not np.any(replaced)
-  np.testing.assert_array_equal(new, templates)
-
-
 def test_bad_inputs():
   templates = jnp.zeros((2, 3, 4))
   k = v = q = jnp.zeros((1, 8, 2, 4))
@@ -426,8 +328,6 @@ def test_bad_inputs():
     ta(templates, a.astype(jnp.float32), k, v)
   with pytest.raises(ValueError, match=r'assignments contain 3, outside'):
     ta(templates, a.at[0, 5, 1].set(3), k, v)
-  with pytest.raises(ValueError, match=r'assignments contain -1, outside'):
-    simmim_jax.vq_losses(q, templates, a.at[0, 0, 0].set(-1))
   for segment_len in (0, -2, 2.5):
     with pytest.raises(ValueError, match='segment_len'):
       simmim_jax.segment_template_attention(templates, a, k, v, segment_len)
@@ -435,10 +335,3 @@ def test_bad_inputs():
       simmim_jax.segment_template_outputs(templates, k, v, segment_len)
   with pytest.raises(ValueError, match='cache must have shape'):
     simmim_jax.query_template_cache(jnp.zeros((1, 2, 4, 4)), q, templates)
-  with pytest.raises(ValueError, match='cluster_sizes must have shape'):
-    simmim_jax.ema_kmeans_update(jnp.zeros((2, 4)), templates, q, a, decay=0.9)
-  with pytest.raises(ValueError, match='decay must be in'):
-    simmim_jax.ema_kmeans_update(jnp.zeros((2, 3)), templates, q, a, decay=1.5)
-  with pytest.raises(ValueError, match='cluster_sizes must have shape'):
-    simmim_jax.reseed_dead_templates(templates, jnp.zeros((3,)), q,
-                                     jax.random.key(0), threshold=1.0)
