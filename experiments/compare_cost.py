@@ -8,10 +8,11 @@ FLOPs and peak memory are XLA's compile-time numbers; forward time is measured
 
 import json
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments.benchmark import family_cost
+from simmim_jax import checks
 
 _LENGTHS = flags.DEFINE_list('lengths', ['1024', '4096', '16384'],
                              'sequence lengths to compare')
@@ -24,9 +25,11 @@ _OUT = flags.DEFINE_string('out', None, 'also write the rows as JSON here')
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run refuses extra arguments
+  lengths = cli.int_list(_LENGTHS.value, '--lengths')
+  checks.integer(_RUN_UP_TO.value, '--run_up_to', minimum=0)
   rows = family_cost.compare_families(
-      [int(n) for n in _LENGTHS.value], run_up_to=_RUN_UP_TO.value,
+      list(lengths), run_up_to=_RUN_UP_TO.value,
       d_model=_D_MODEL.value, num_heads=4, mlp_dim=4 * _D_MODEL.value,
       num_layers=_LAYERS.value, segment_len=_SEGMENT_LEN.value)
   print(family_cost.format_table(rows))
@@ -36,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -6,22 +6,28 @@ accuracy of always answering the majority class (the chance baseline).
 
 import collections
 
-from absl import app
+from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
+from simmim_jax import checks
 from simmim_jax import data
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config')
+flags.mark_flag_as_required('config')
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run refuses extra arguments
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   datasets = data.create_datasets(
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed)
   if datasets.task == 'lm':
-    raise app.UsageError('data_stats needs a classification task')
+    raise checks.ConfigError(f'data_stats needs a classification task; '
+                             f'{config.data.name} is a {datasets.task!r} task')
   for split in datasets.eval_splits:
     counts = collections.Counter()
     for batch in datasets.eval_batches(split):
@@ -35,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

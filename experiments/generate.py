@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from simmim_jax.inference import decoding
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a finished byte-LM run')
@@ -37,4 +38,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # Generation reads only the run its flags name: a missing file is theirs.
+  cli.run(main, user_kinds=(FileNotFoundError,))

@@ -21,10 +21,11 @@ stopped by SIGINT / SIGTERM.
 import signal
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
+from simmim_jax import checks
 from simmim_jax import sweep
 from simmim_jax.sweep import summary as sweep_summary
 
@@ -45,13 +46,13 @@ flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv  # cli.run refuses extra arguments
   # --config is parsed again per point, from the raw flags (same code).
   config_spec, overrides = raw_config_flags(sys.argv[1:])
   points = sweep.make_points(config_spec, sweep.load_sweep(_SWEEP.value),
                              overrides)
-  target = sweep_summary.parse_target(_TARGET.value)
+  with cli.user_errors():
+    target = sweep_summary.parse_target(_TARGET.value)
   if _DRY_RUN.value:
     print('\n'.join(sweep.dry_run_commands(points, _WORKDIR.value)))
     return 0
@@ -82,10 +83,10 @@ def raw_config_flags(args: list[str]) -> tuple[str, list[tuple[str, str]]]:
     elif arg.startswith('--config.'):
       key, equals, value = arg[len('--config.'):].partition('=')
       if not equals:
-        raise app.UsageError(f'write {arg} as --config.<field>=<value>')
+        raise checks.ConfigError(f'write {arg} as --config.<field>=<value>')
       overrides.append((key, value))
   return spec, overrides
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

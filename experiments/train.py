@@ -8,13 +8,14 @@ processes --distributed --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from simmim_jax.training import sharding
 from simmim_jax.training import train
+from simmim_jax.training.experiment_config import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'experiment config file, optionally :variant',
@@ -33,9 +34,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv  # cli.run refuses extra arguments
   logging.set_verbosity(logging.WARNING)
+  with cli.user_errors():  # a bad config fails before anything starts
+    validate_config(_CONFIG.value)
   if _DISTRIBUTED.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -3,13 +3,27 @@
 Every check raises `ValueError` with a message that names the argument, so a
 researcher composing functions in an ablation sees which input is wrong.
 Checks look only at static shapes and Python values, so they are free under jit.
+
+Mistakes in a config, flag, sweep file or data path raise `ConfigError` (a
+`ValueError`): the entry points print those as one line, without a traceback.
 """
 
 import math
+import re
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+
+
+class ConfigError(ValueError):
+  """A user's mistake in a config value, flag, sweep file or path; the
+  message names the field and says what to write instead."""
+
+
+class MissingPathError(ConfigError, FileNotFoundError):
+  """A file or directory a config or flag names does not exist (or holds
+  nothing usable)."""
 
 
 def integer(value: Any, name: str, *, minimum: int = 1,
@@ -21,8 +35,8 @@ def integer(value: Any, name: str, *, minimum: int = 1,
       or value < minimum:
     kind = ('a positive integer' if minimum == 1
             else f'an integer >= {minimum}')
-    raise ValueError(f'{name} must be {kind}{" " + hint if hint else ""}, '
-                     f'got {value!r}')
+    raise ConfigError(f'{name} must be {kind}{" " + hint if hint else ""}, '
+                      f'got {value!r}')
   return int(value)
 
 
@@ -41,10 +55,39 @@ def number(value: Any, name: str, *, low: float = 0.0,
         and (value > low if low_open else value >= low)
         and (value < high if high_open else value <= high))
   if not ok:
-    interval = (('(' if low_open else '[') + f'{low:g}, {high:g}'
-                + (')' if high_open else ']'))
-    raise ValueError(f'{name} must be a number in {interval}, got {value!r}')
+    if high == math.inf and high_open:
+      want = f'{">" if low_open else ">="} {low:g}'
+    else:
+      want = ('in ' + ('(' if low_open else '[') + f'{low:g}, {high:g}'
+              + (')' if high_open else ']'))
+    raise ConfigError(f'{name} must be {want}, got {value!r}')
   return float(value)
+
+
+def describe(error: BaseException) -> str:
+  """`error` as one line for a user, for errors raised while a config is
+  resolved from flags: ml_collections' lookup and config-file errors, whose
+  own messages span lines or quote themselves, read as what to fix."""
+  inner = error.__context__
+  if inner is not None and str(inner).startswith('Error whilst parsing '
+                                                 'config file'):
+    # absl's "flag --config=SPEC: <traceback>": the SPEC and the cause.
+    flag = str(error).split(': Error whilst', 1)[0].removeprefix('flag ')
+    return f'{flag}: {describe(inner.__context__ or inner)}'
+  text = str(error)
+  missing = re.search(r"No such file or directory: '([^']*)'", text)
+  if missing:
+    return f'no such file {missing.group(1)!r}'
+  if isinstance(error, (KeyError, AttributeError)):
+    root = error
+    while isinstance(root.__context__, (KeyError, AttributeError)):
+      root = root.__context__
+    if isinstance(root, KeyError) and root.args:
+      field = str(root.args[0]).strip('\'"')
+      guess = re.search(r'Did you mean "([^"]+)"', text)
+      return f'no config field {field!r}' + (
+          f'; did you mean {guess.group(1)!r}?' if guess else '')
+  return ' '.join(text.removeprefix('flag ').split())
 
 
 def rank(x: Any, expected: int, name: str, layout: str) -> None:

@@ -247,8 +247,11 @@ def test_summary_rows_and_seed_groups(killed_sweep):
     assert row['steps_to_target'] in (4, 8, None)
   failed, after_failed = [r for r in rows if r['status'] == 'failed']
   assert failed['data.builder_config'] == 'small'
-  assert 'FileNotFoundError' in failed['error']
+  # A missing dataset is the user's mistake: train's one line, status 2.
+  assert failed['error'].startswith('error: dataset lra_listops/small ')
   assert 'not prepared' in failed['error']
+  with open(os.path.join(workdir, failed['name'], 'sweep_status.json')) as f:
+    assert json.load(f)['returncode'] == 2
   assert after_failed['init_from'] == '@builder_config=small'
   assert f"init_from point {failed['name']} has not finished" in (
       after_failed['error'])

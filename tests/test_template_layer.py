@@ -195,7 +195,7 @@ def test_layer_cache_answers_new_queries_from_the_context(rng, family):
   layer = TemplateAttention(cfg)
   params = nn.unbox(layer.init(jax.random.key(0), *context, mask)['params'])
   _, cache = layer.apply({'params': params}, *context, mask,
-                         mutable=['template_cache'])
+                         mutable=['template_memory'])
   new_q, new_k, new_v = (_normal(rng, (2, 16, 4, 8)) for _ in range(3))
   got = layer.apply({'params': params, **cache}, new_q, new_k, new_v, None)
   library = params['library']
@@ -208,7 +208,7 @@ def test_layer_cache_answers_new_queries_from_the_context(rng, family):
     want = simmim_jax.query_template_cache(outputs, new_q, library,
                                            segment_len=8)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  with pytest.raises(ValueError, match='template cache holds 2 contexts'):
+  with pytest.raises(ValueError, match='template memory holds 2 contexts'):
     layer.apply({'params': params, **cache}, *(x[:1] for x in context), None)
 
 

@@ -16,11 +16,13 @@ shared 2-core CPU. `import simmim_jax` sets glibc's malloc for XLA
 import dataclasses
 import sys
 
-from absl import app
 from absl import flags
 
+from experiments import cli
+from experiments.benchmark import cases as benchmark_cases
 from experiments.benchmark import report as benchmark_report
 from experiments.benchmark import suite as benchmarks
+from simmim_jax import checks
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'where the results go')
 _QUICK = flags.DEFINE_bool('quick', False, 'tiny sizes and short lengths')
@@ -47,27 +49,32 @@ flags.mark_flag_as_required('out_dir')
 
 
 def config_from_flags() -> benchmarks.BenchmarkConfig:
-  """The --quick or full preset with the other flags applied."""
+  """The --quick or full preset with the other flags applied; a bad flag
+  raises a ConfigError naming it."""
   config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
   changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value,
                                           remat=_REMAT.value)}
   if _GROUPS.value:
+    unknown = sorted(set(_GROUPS.value) - set(benchmark_cases.GROUPS))
+    if unknown:
+      raise checks.ConfigError(f'--groups: unknown {unknown}; choose from '
+                               f'{list(benchmark_cases.GROUPS)}')
     changes['groups'] = tuple(_GROUPS.value)
   if _LENGTHS.value:
-    lengths = tuple(int(n) for n in _LENGTHS.value)
+    lengths = cli.int_list(_LENGTHS.value, '--lengths')
     changes.update(lengths=lengths, train_step_lengths=lengths,
                    decode_lengths=lengths)
-  for name, flag in (('repeats', _REPEATS),
-                     ('memory_budget_gib', _MEMORY_BUDGET),
+  if _REPEATS.value is not None:
+    changes['repeats'] = checks.integer(_REPEATS.value, '--repeats')
+  for name, flag in (('memory_budget_gib', _MEMORY_BUDGET),
                      ('max_seconds_per_call', _MAX_SECONDS)):
     if flag.value is not None:
-      changes[name] = flag.value
+      changes[name] = checks.number(flag.value, f'--{name}', low_open=True)
   return dataclasses.replace(config, **changes)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv  # cli.run refuses extra arguments
   report = benchmarks.run(
       config_from_flags(), _OUT_DIR.value,
       command=['python -m experiments.benchmark', *sys.argv[1:]])
@@ -75,4 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -23,7 +23,6 @@ With more than one device, a last variant splits the heads over all of them.
 """
 
 import collections
-import contextlib
 import functools
 import glob
 import gzip
@@ -149,7 +148,7 @@ def saved_output_vjp(q, k, v, segment_len):
 
 def _saved_output_forward(q, k, v, segment_len):
   out, (*_, weights, _) = attention._segment_attention_forward(
-      q, k, v, None, segment_len, False)
+      q, k, v, None, segment_len, False, attention._Levers())
   return out, (q, k, v, out, weights)
 
 
@@ -332,6 +331,17 @@ def segment_attention(q, k, v, segment_len):
   return simmim_jax.segment_attention(q, k, v, segment_len)
 
 
+def with_levers(**levers):
+  """`segment_attention` with other choices of its loop (attention._Levers:
+  the score budget of a step, the transpose barrier), passed explicitly."""
+  choices = attention._Levers(**levers)
+
+  def fn(q, k, v, segment_len):
+    return attention._segment_attention(q, k, v, None, segment_len, False,
+                                        choices)
+  return fn
+
+
 def bfloat16_inputs(q, k, v, segment_len):
   """`segment_attention` on bfloat16 q, k, v: bfloat16 products with float32
   scores, softmax and backward (the function's mixed-precision contract)."""
@@ -345,30 +355,26 @@ def _step_scores(segments):
   return segments * _HEADS * _SEGMENT_LEN * _SEGMENT_LEN
 
 
-# name: (function, attributes of simmim_jax.ops.attention patched while compiling)
+# name: fn(q, k, v, segment_len)
 VARIANTS = {
-    'reshape + einsum, autodiff (first)': (plain_einsum, {}),
-    'heads-major, custom VJP (second)': (heads_major_custom_vjp, {}),
-    'steps, VJP saving the output (third)': (saved_output_vjp, {}),
-    'segment_attention (steps of 4 segments, custom VJP)': (
-        segment_attention, {}),
-    '... steps of 1 segment': (
-        segment_attention, {'_STEP_SCORES': _step_scores(1)}),
-    '... steps of 16 segments': (
-        segment_attention, {'_STEP_SCORES': _step_scores(16)}),
-    '... on bfloat16 inputs': (bfloat16_inputs, {}),
-    '... two steps per loop iteration': (two_lanes, {}),
+    'reshape + einsum, autodiff (first)': plain_einsum,
+    'heads-major, custom VJP (second)': heads_major_custom_vjp,
+    'steps, VJP saving the output (third)': saved_output_vjp,
+    'segment_attention (steps of 4 segments, custom VJP)': segment_attention,
+    '... steps of 1 segment': with_levers(step_scores=_step_scores(1)),
+    '... steps of 16 segments': with_levers(step_scores=_step_scores(16)),
+    '... on bfloat16 inputs': bfloat16_inputs,
+    '... two steps per loop iteration': two_lanes,
     '... two steps per loop iteration, concurrency-optimised scheduler': (
-        two_lanes, {}),
-    '... without the transpose barrier': (
-        segment_attention, {'_transposed': lambda x: jnp.swapaxes(x, 1, 2)}),
-    'deferred normalisation': (deferred_normalisation, {}),
-    'heads-major layout, autodiff': (heads_major, {}),
-    'jax.nn.dot_product_attention on segments': (xla_sdpa, {}),
-    'lax.map over 8-segment chunks, autodiff': (chunked, {}),
-    'custom_vjp, recompute per 4-segment chunk': (recompute_chunked, {}),
-    'custom_vjp, recompute per 16-segment chunk': (
-        functools.partial(recompute_chunked, group=16), {}),
+        two_lanes),
+    '... without the transpose barrier': with_levers(transpose_barrier=False),
+    'deferred normalisation': deferred_normalisation,
+    'heads-major layout, autodiff': heads_major,
+    'jax.nn.dot_product_attention on segments': xla_sdpa,
+    'lax.map over 8-segment chunks, autodiff': chunked,
+    'custom_vjp, recompute per 4-segment chunk': recompute_chunked,
+    'custom_vjp, recompute per 16-segment chunk': functools.partial(
+        recompute_chunked, group=16),
 }
 
 
@@ -380,18 +386,6 @@ _COMPILER_OPTIONS = {
     '... two steps per loop iteration, concurrency-optimised scheduler': {
         'xla_cpu_enable_concurrency_optimized_scheduler': True},
 }
-
-
-@contextlib.contextmanager
-def _patched(module, attributes):
-  saved = {name: getattr(module, name) for name in attributes}
-  try:
-    for name, value in attributes.items():
-      setattr(module, name, value)
-    yield
-  finally:
-    for name, value in saved.items():
-      setattr(module, name, value)
 
 
 def _minor_faults():
@@ -467,12 +461,10 @@ def main(argv):
       _forward_and_gradient(segment_attention, cotangent)[1], q, k, v)
   peaks = {}
   for name in names:
-    fn, patches = VARIANTS[name]
-    forward, both = _forward_and_gradient(fn, cotangent)
+    forward, both = _forward_and_gradient(VARIANTS[name], cotangent)
     options = _COMPILER_OPTIONS.get(name)
-    with _patched(attention, patches):
-      forward = forward.lower(q, k, v).compile(options)
-      both = both.lower(q, k, v).compile(options)
+    forward = forward.lower(q, k, v).compile(options)
+    both = both.lower(q, k, v).compile(options)
     rtol, atol = _TOLERANCE.get(name, (2e-4, 2e-5))
     np.testing.assert_allclose(forward(q, k, v), want, rtol=rtol, atol=atol)
     peaks[name] = program_cost(both)['peak_bytes']

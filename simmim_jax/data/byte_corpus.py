@@ -18,6 +18,8 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simmim_jax import checks
+
 SPLITS = ('train', 'validation', 'test')
 # Directories skipped under the stdlib root: installed packages and caches,
 # and CPython's own test suites (deliberately malformed files, huge data).
@@ -41,7 +43,8 @@ def stdlib_files(root: Optional[str] = None) -> list[str]:
   """Relative paths ('/'-separated) of the stdlib's .py files, sorted."""
   root = stdlib_root() if root is None else root
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'standard library directory {root} not found')
+    raise checks.MissingPathError(
+        f'standard library directory {root} not found')
   paths = []
   for directory, subdirs, files in os.walk(root):
     subdirs[:] = [d for d in subdirs if d not in SKIPPED_DIRS]

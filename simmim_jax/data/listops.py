@@ -20,6 +20,8 @@ from typing import Collection, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simmim_jax import checks
+
 OPERATORS = ('[MIN', '[MAX', '[MED', '[SM')
 END = ']'
 DIGITS = tuple(str(v) for v in range(10))
@@ -115,11 +117,8 @@ def iter_listops(*, min_length: int, max_length: int, seed: int,
   """
   for name, value in (('min_length', min_length), ('max_length', max_length),
                       ('max_depth', max_depth)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'{name} must be a positive integer, got {value!r}')
-  if (isinstance(max_args, bool) or not isinstance(max_args, int)
-      or max_args < 2):
-    raise ValueError(f'max_args must be an integer >= 2, got {max_args!r}')
+    checks.integer(value, name)
+  checks.integer(max_args, 'max_args', minimum=2)
   if min_length > max_length:
     raise ValueError(
         f'min_length ({min_length}) exceeds max_length ({max_length})')
@@ -148,10 +147,7 @@ def generate_listops(num_examples: int, *, min_length: int, max_length: int,
                      seed: int, max_depth: int = 10, max_args: int = 10,
                      exclude: Collection[str] = ()) -> list[tuple[str, int]]:
   """`num_examples` distinct (source, target) pairs, none in `exclude`."""
-  if isinstance(num_examples, bool) or not isinstance(num_examples, int) or (
-      num_examples < 0):
-    raise ValueError(
-        f'num_examples must be a non-negative integer, got {num_examples!r}')
+  checks.integer(num_examples, 'num_examples', minimum=0)
   examples = iter_listops(min_length=min_length, max_length=max_length,
                           seed=seed, max_depth=max_depth, max_args=max_args,
                           seen={_digest(s) for s in exclude})
@@ -305,12 +301,12 @@ def _release_paths(dl_manager) -> dict[str, str]:
   try:
     manual_dir = dl_manager.manual_dir
   except AssertionError as e:
-    raise FileNotFoundError(
+    raise checks.MissingPathError(
         f'lra_listops/lra_release needs LRA\'s ListOps files: {e}') from None
   paths = {s: manual_dir / name for s, name in RELEASE_FILES.items()}
   missing = [str(p) for p in paths.values() if not p.exists()]
   if missing:
-    raise FileNotFoundError(
+    raise checks.MissingPathError(
         f'lra_listops/lra_release: missing {", ".join(missing)}. '
         + LraListops.MANUAL_DOWNLOAD_INSTRUCTIONS)
   return {s: str(p) for s, p in paths.items()}

@@ -7,6 +7,7 @@ for training plus finite padded passes for evaluation. Token id 0 is
 padding; real ids are >= 1.
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -14,9 +15,12 @@ from typing import Any, Iterator, Optional
 
 import grain
 import ml_collections
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simmim_jax import checks
+from simmim_jax.checks import ConfigError
 from simmim_jax.data import byte_corpus
 from simmim_jax.data import docstrings
 from simmim_jax.data import listops
@@ -281,56 +285,47 @@ class Datasets:
     return self.decode_text(self._encode.ids(value))
 
 
-def _nonnegative_int(value: Any, name: str, positive: bool = False) -> int:
-  low = 1 if positive else 0
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-      value < low):
-    kind = 'positive' if positive else 'non-negative'
-    raise ValueError(f'{name} must be a {kind} integer, got {value!r}')
-  return int(value)
-
-
 def validate_data_config(config: Any) -> ml_collections.ConfigDict:
   """`config` over the defaults; unknown fields and bad values raise."""
   defaults = default_data_config()
   unknown = sorted(set(config.keys()) - set(defaults.keys()))
   if unknown:
-    raise ValueError(f'unknown data config field(s) {unknown}; known fields: '
-                     f'{sorted(defaults.keys())}')
+    raise ConfigError(f'unknown data config field(s) {unknown}; known fields: '
+                      f'{sorted(defaults.keys())}')
   # A fresh dict, not `defaults.update`: ConfigDict's type locking would turn
   # a bad value into a TypeError that does not say which field is wrong.
   cfg = ml_collections.ConfigDict(
       {**defaults.to_dict(), **{k: config[k] for k in config.keys()}})
   if cfg.name not in NAMES:
-    raise ValueError(f'data.name must be one of {NAMES}, got {cfg.name!r}')
-  _nonnegative_int(cfg.max_len, 'data.max_len', positive=True)
-  _nonnegative_int(cfg.target_max_len, 'data.target_max_len', positive=True)
-  _nonnegative_int(cfg.worker_count, 'data.worker_count')
-  _nonnegative_int(cfg.read_threads, 'data.read_threads', positive=True)
+    raise ConfigError(f'data.name must be one of {NAMES}, got {cfg.name!r}')
+  checks.integer(cfg.max_len, 'data.max_len')
+  checks.integer(cfg.target_max_len, 'data.target_max_len')
+  checks.integer(cfg.worker_count, 'data.worker_count', minimum=0)
+  checks.integer(cfg.read_threads, 'data.read_threads')
   if not isinstance(cfg.prepare, bool):
-    raise ValueError(f'data.prepare must be a bool, got {cfg.prepare!r}')
+    raise ConfigError(f'data.prepare must be a bool, got {cfg.prepare!r}')
   if isinstance(cfg.eval_splits, str):
-    raise ValueError(f'data.eval_splits must be a sequence of split names, '
-                     f'got the string {cfg.eval_splits!r}')
+    raise ConfigError(f'data.eval_splits must be a sequence of split names, '
+                      f'got the string {cfg.eval_splits!r}')
   if cfg.name == 'tfds':
     if not cfg.dataset or not isinstance(cfg.dataset, str):
-      raise ValueError('data.dataset must name a TFDS dataset when '
-                       f'data.name is "tfds", got {cfg.dataset!r}')
+      raise ConfigError('data.dataset must name a TFDS dataset when '
+                        f'data.name is "tfds", got {cfg.dataset!r}')
     if cfg.encoding not in ENCODINGS:
-      raise ValueError(
+      raise ConfigError(
           f'data.encoding must be one of {ENCODINGS}, got {cfg.encoding!r}')
     if cfg.encoding == 'ids':
-      _nonnegative_int(cfg.vocab_size, 'data.vocab_size', positive=True)
-    _nonnegative_int(cfg.num_classes, 'data.num_classes')
+      checks.integer(cfg.vocab_size, 'data.vocab_size')
+    checks.integer(cfg.num_classes, 'data.num_classes', minimum=0)
     if cfg.target_key is not None and (cfg.label_key is not None
                                        or cfg.other_input_key is not None):
-      raise ValueError('data.target_key (seq2seq) needs data.label_key=None '
-                       'and data.other_input_key=None')
+      raise ConfigError('data.target_key (seq2seq) needs data.label_key=None '
+                        'and data.other_input_key=None')
     if cfg.target_key is not None and cfg.target_max_len < 2:
-      raise ValueError(f'data.target_max_len must hold the start and end '
-                       f'tokens (>= 2), got {cfg.target_max_len}')
+      raise ConfigError(f'data.target_max_len must hold the start and end '
+                        f'tokens (>= 2), got {cfg.target_max_len}')
   elif cfg.builder_config not in _builder_configs(cfg.name):
-    raise ValueError(
+    raise ConfigError(
         f'data.builder_config must be one of {_builder_configs(cfg.name)} '
         f'for {cfg.name}, got {cfg.builder_config!r}')
   return cfg
@@ -340,6 +335,17 @@ def _builder_configs(name: str) -> tuple[str, ...]:
   return tuple(c.name for c in _LOCAL_BUILDERS[name].BUILDER_CONFIGS)
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  """absl logs only errors inside the block."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The prepared builder; built first when allowed, else a clear error."""
   local = cfg.name in _LOCAL_BUILDERS
@@ -347,12 +353,13 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(name, data_dir=cfg.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise FileNotFoundError(
+    raise checks.MissingPathError(
         f'TFDS dataset {name!r} is not registered (import the module defining '
         f'its builder) and not found in data_dir {cfg.data_dir!r} (None = the '
         'TFDS default)') from None
-  if builder.is_prepared():
-    return builder
+  with _quiet_absl():  # its "no dataset_info.json" is our error below
+    if builder.is_prepared():
+      return builder
   if local and cfg.prepare:
     # Processes started together (a sweep's points) build it once: the
     # others wait for the lock, then find it prepared.
@@ -373,12 +380,12 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                f"tfds; tfds.builder('{name}', "
                f"data_dir='{builder.data_dir_root}')"
                f".download_and_prepare()\"")
-    hint = f'set data.prepare=True or build it with\n  {command}'
+    hint = f'set data.prepare=True or build it with: {command}'
   else:
     hint = (f'prepare it where it can be downloaded, e.g. `tfds build {name} '
             f'--file_format=array_record`, and copy it to '
             f'{builder.data_dir_root}')
-  raise FileNotFoundError(
+  raise checks.MissingPathError(
       f'dataset {name} is not prepared in {builder.data_dir}; {hint}')
 
 
@@ -395,20 +402,20 @@ def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
   for field in ('input_key', 'other_input_key', 'label_key', 'target_key'):
     key = cfg[field]
     if key is not None and key not in features:
-      raise ValueError(f'data.{field}={key!r} is not a feature of '
-                       f'{cfg.dataset}; features: {sorted(features.keys())}')
+      raise ConfigError(f'data.{field}={key!r} is not a feature of '
+                        f'{cfg.dataset}; features: {sorted(features.keys())}')
   num_classes = 0
   if cfg.label_key is not None:
     num_classes = cfg.num_classes or getattr(
         features[cfg.label_key], 'num_classes', 0)
     if not num_classes:
-      raise ValueError(f'data.num_classes must be set: feature '
-                       f'{cfg.label_key!r} is not a ClassLabel')
+      raise ConfigError(f'data.num_classes must be set: feature '
+                        f'{cfg.label_key!r} is not a ClassLabel')
   task = ('seq2seq' if cfg.target_key is not None else
           'lm' if cfg.label_key is None else
           'classification' if cfg.other_input_key is None else 'dual')
   if task == 'lm' and cfg.other_input_key is not None:
-    raise ValueError('data.other_input_key needs a data.label_key (dual task)')
+    raise ConfigError('data.other_input_key needs a data.label_key (dual task)')
   vocab = BYTE_VOCAB_SIZE if cfg.encoding == 'bytes' else cfg.vocab_size + 1
   if task == 'seq2seq':
     vocab += TARGET_SPECIAL_TOKENS
@@ -419,8 +426,8 @@ def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
 def _split_name(split: str, field: str, info: tfds.core.DatasetInfo) -> str:
   base = split.split('[')[0] if isinstance(split, str) else None
   if base not in info.splits:
-    raise ValueError(f'{field}={split!r} is not a split of {info.full_name}; '
-                     f'splits: {sorted(info.splits.keys())}')
+    raise ConfigError(f'{field}={split!r} is not a split of {info.full_name}; '
+                      f'splits: {sorted(info.splits.keys())}')
   return split
 
 
@@ -447,20 +454,20 @@ def create_datasets(config: ml_collections.ConfigDict, *,
       process_index = jax.process_index()
     if process_count is None:
       process_count = jax.process_count()
-  process_count = _nonnegative_int(process_count, 'process_count', True)
-  process_index = _nonnegative_int(process_index, 'process_index')
+  process_count = checks.integer(process_count, 'process_count')
+  process_index = checks.integer(process_index, 'process_index', minimum=0)
   if process_index >= process_count:
     raise ValueError(f'process_index {process_index} must be < process_count '
                      f'{process_count}')
   local_batch = {}
   for name, size in (('global_batch_size', global_batch_size),
                      ('eval_batch_size', eval_batch_size)):
-    _nonnegative_int(size, name, positive=True)
+    checks.integer(size, name)
     if size % process_count:
       raise ValueError(f'{name} ({size}) must be divisible by process_count '
                        f'({process_count})')
     local_batch[name] = size // process_count
-  seed = _nonnegative_int(seed, 'seed')
+  seed = checks.integer(seed, 'seed', minimum=0)
   if seed >= 2**32:
     raise ValueError(f'seed must be < 2**32 (grain), got {seed}')
 

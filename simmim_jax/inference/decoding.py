@@ -70,7 +70,7 @@ def _check_batch(source, batch) -> None:
 
 
 def _check_max_len(config, max_len) -> int:
-  max_len = checks.positive_int(max_len, 'max_len')
+  max_len = checks.integer(max_len, 'max_len')
   if max_len > config.max_len:
     raise ValueError(f'a cache of {max_len} positions exceeds the model\'s '
                      f'max_len {config.max_len}')
@@ -104,7 +104,7 @@ def init_cache(model, params, batch_size: int, max_len: int, *,
   decoder layer's cross-attention reads of it.
   """
   config, source = _check_model(model, source, source_mask)
-  batch_size = checks.positive_int(batch_size, 'batch_size')
+  batch_size = checks.integer(batch_size, 'batch_size')
   _check_batch(source, batch_size)
   max_len = _check_max_len(config, max_len)
   return _init_cache(model, params, batch_size, max_len, source)
@@ -232,7 +232,7 @@ def generate(model, params, prompt, *, max_new_tokens: int,
   prompt = _check_tokens(prompt, config.vocab_size)
   batch, prompt_len = prompt.shape
   _check_batch(source, batch)
-  max_new_tokens = checks.positive_int(max_new_tokens, 'max_new_tokens')
+  max_new_tokens = checks.integer(max_new_tokens, 'max_new_tokens')
   if prompt_len > config.max_len:
     raise ValueError(f'the prompt ({prompt_len} tokens) is longer than the '
                      f'model\'s max_len {config.max_len}')
@@ -241,16 +241,14 @@ def generate(model, params, prompt, *, max_new_tokens: int,
         f'prompt_len + max_new_tokens = {prompt_len} + {max_new_tokens} '
         f'exceeds the model\'s max_len {config.max_len}')
   lengths = _check_lengths(prompt_lengths, batch, prompt_len)
-  temperature = float(temperature)
-  if not temperature >= 0:
-    raise ValueError(f'temperature must be >= 0, got {temperature}')
+  temperature = checks.number(float(temperature), 'temperature')
   if top_k is not None:
-    top_k = checks.positive_int(top_k, 'top_k')
+    top_k = checks.integer(top_k, 'top_k')
     if top_k > config.vocab_size:
       raise ValueError(f'top_k ({top_k}) exceeds vocab_size '
                        f'{config.vocab_size}')
-  if top_p is not None and not 0 < top_p <= 1:
-    raise ValueError(f'top_p must be in (0, 1], got {top_p}')
+  if top_p is not None:
+    checks.number(top_p, 'top_p', high=1, low_open=True, high_open=False)
   if eos_id is not None and not 0 <= eos_id < config.vocab_size:
     raise ValueError(f'eos_id {eos_id} is outside [0, vocab_size='
                      f'{config.vocab_size})')

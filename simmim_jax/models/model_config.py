@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 
 from simmim_jax import checks
+from simmim_jax.checks import ConfigError
 from simmim_jax.ops import hierarchy
 
 FAMILIES = ('simmim', 'local', 'transformer')
@@ -80,12 +81,12 @@ class ModelConfig:
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
                  'num_layers', 'mlp_dim', 'max_len', 'segment_len',
                  'num_templates'):
-      checks.positive_int(getattr(self, name), name)
+      checks.integer(getattr(self, name), name)
     if self.state_key_dim is not None:
-      checks.positive_int(self.state_key_dim, 'state_key_dim')
+      checks.integer(self.state_key_dim, 'state_key_dim')
     for name in ('num_levels', 'decoder_layers', 'target_len'):
       if getattr(self, name) is not None:
-        checks.positive_int(getattr(self, name), name)
+        checks.integer(getattr(self, name), name)
     _one_of('family', self.family, FAMILIES)
     _one_of('head', self.head, HEADS)
     _one_of('pooling', self.pooling, POOLINGS)
@@ -97,41 +98,33 @@ class ModelConfig:
     _one_of('cross_attention', self.cross_attention, CROSS_ATTENTIONS)
     if self.decoder_family is not None:
       _one_of('decoder_family', self.decoder_family, FAMILIES)
-    if not 0.0 <= self.template_decay < 1.0:
-      raise ValueError(f'template_decay must be in [0, 1), got '
-                       f'{self.template_decay}')
-    if not self.reseed_threshold >= 0:
-      raise ValueError(f'reseed_threshold must be >= 0, got '
-                       f'{self.reseed_threshold}')
-    if not self.commitment_cost >= 0:
-      raise ValueError(f'commitment_cost must be >= 0, got '
-                       f'{self.commitment_cost}')
-    if not self.routing_temperature > 0:
-      raise ValueError(f'routing_temperature must be > 0, got '
-                       f'{self.routing_temperature}')
+    checks.number(self.template_decay, 'template_decay', high=1)
+    checks.number(self.reseed_threshold, 'reseed_threshold')
+    checks.number(self.commitment_cost, 'commitment_cost')
+    checks.number(self.routing_temperature, 'routing_temperature',
+                  low_open=True)
     hierarchy.get_aggregator(self.aggregator)
     if self.d_model % self.num_heads:
-      raise ValueError(f'd_model ({self.d_model}) must be divisible by '
-                       f'num_heads ({self.num_heads})')
+      raise ConfigError(f'd_model ({self.d_model}) must be divisible by '
+                        f'num_heads ({self.num_heads})')
     if self.family != 'transformer' and self.segment_len > self.max_len:
-      raise ValueError(
+      raise ConfigError(
           f'segment_len ({self.segment_len}) exceeds max_len ({self.max_len}):'
           ' every input would be one segment')
     if self.positions == 'sinusoidal' and self.d_model % 2:
-      raise ValueError(f'sinusoidal positions need an even d_model, got '
-                       f'{self.d_model}')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
+      raise ConfigError(f'sinusoidal positions need an even d_model, got '
+                        f'{self.d_model}')
+    checks.number(self.dropout_rate, 'dropout_rate', high=1)
     for name in ('segment_states', 'exclude_self', 'ffn_merge',
                  'per_level_weights', 'remat', 'tied_output'):
       if not isinstance(getattr(self, name), bool):
-        raise ValueError(f'{name} must be True or False, got '
-                         f'{getattr(self, name)!r}')
+        raise ConfigError(f'{name} must be True or False, got '
+                          f'{getattr(self, name)!r}')
     if self.head == 'seq2seq':
       target_len = self.target_len or self.max_len
       if ((self.decoder_family or self.family) != 'transformer'
           and self.segment_len > target_len):
-        raise ValueError(
+        raise ConfigError(
             f'segment_len ({self.segment_len}) exceeds target_len '
             f'({target_len}): every decoder input would be one segment')
 
@@ -150,8 +143,8 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise ValueError(f'unknown model config field(s) {unknown}; known fields:'
-                       f' {sorted(known)}')
+      raise ConfigError(f'unknown model config field(s) {unknown}; known '
+                        f'fields: {sorted(known)}')
     return cls(**fields)
 
   @property
@@ -180,4 +173,4 @@ class ModelConfig:
 
 def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
   if value not in choices:
-    raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')
+    raise ConfigError(f'{name} must be one of {list(choices)}, got {value!r}')

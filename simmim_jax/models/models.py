@@ -100,7 +100,8 @@ class Encoder(nn.Module):
     if cfg.remat and positions is None:  # remat only matters in backprop
       block = nn.remat(block, prevent_cse=False)
     per_layer = ('params', 'intermediates', 'losses', template_layer.STATS,
-                 template_layer.PARAM_UPDATES, template_layer.CACHE)
+                 template_layer.PARAM_UPDATES,
+                 template_layer.TEMPLATE_MEMORY)
     # The cache is scanned over (axis 0: one per layer); the rest is shared.
     in_axes = (nn.broadcast, nn.broadcast, 0 if stepping else nn.broadcast,
                nn.broadcast)

@@ -15,7 +15,9 @@ from simmim_jax.models.model_config import ModelConfig
 # Collections of the template layer besides 'params' (see TemplateAttention).
 STATS = 'template_stats'
 PARAM_UPDATES = 'param_updates'
-CACHE = 'template_cache'
+# The template memory: a fixed context's template outputs, which later
+# inputs read (inference/template_memory.py). Not the decoding cache below.
+TEMPLATE_MEMORY = 'template_memory'
 # The decoding cache of causal template attention (templates.py).
 _RUNNING = ('template_max', 'template_total', 'template_weighted')
 
@@ -41,9 +43,10 @@ class TemplateAttention(nn.Module):
       by fewer than `reseed_threshold` queries per step are re-seeded from
       random real queries, and the library change is sown into
       'param_updates', which the train step adds after the optimizer update.
-    'template_cache': when mutable, the template outputs of this context are
-      stored; when given, they answer the queries instead of k and v: later
-      queries attend to the cached context (memory-in-memory inference).
+    'template_memory': when mutable, the template outputs of this context
+      are stored; when given, they answer the queries instead of k and v:
+      later queries attend to the stored context (memory-in-memory
+      inference, inference/template_memory.py).
   q, k, v: [batch, length, heads, head_dim] -> same shape.
 
   Decoding (causal, `positions` given, see `SMIBlock`): the cache is every
@@ -103,30 +106,30 @@ class TemplateAttention(nn.Module):
     return out[:, None].astype(q.dtype), dict(zip(_RUNNING, state))
 
   def _outputs(self, templates, k, v, mask, segment_len):
-    """Template outputs of this context, or of the cached one."""
+    """Template outputs of this context, or of the one in template memory."""
     if self.causal:
       return templates_lib.causal_template_outputs(
           templates, k, v, mask=mask, segment_len=segment_len)
-    store = (self.is_mutable_collection(CACHE)
+    store = (self.is_mutable_collection(TEMPLATE_MEMORY)
              and not self.is_initializing())
-    if self.has_variable(CACHE, 'outputs') and not store:
-      cached = self.get_variable(CACHE, 'outputs')
+    if self.has_variable(TEMPLATE_MEMORY, 'outputs') and not store:
+      stored = self.get_variable(TEMPLATE_MEMORY, 'outputs')
       batch, length = k.shape[:2]
       needed = 1 if segment_len is None else -(-length // segment_len)
-      held = 1 if segment_len is None else cached.shape[1]
-      if cached.shape[0] != batch or held < needed:
+      held = 1 if segment_len is None else stored.shape[1]
+      if stored.shape[0] != batch or held < needed:
         raise ValueError(
-            f'the template cache holds {cached.shape[0]} contexts of {held} '
+            f'the template memory holds {stored.shape[0]} contexts of {held} '
             f'segment(s); inputs of shape {(batch, length)} need {batch} of '
             f'at least {needed}')
-      return cached if segment_len is None else cached[:, :needed]
+      return stored if segment_len is None else stored[:, :needed]
     if segment_len is None:
       outputs = templates_lib.template_outputs(templates, k, v, mask=mask)
     else:
       outputs = templates_lib.segment_template_outputs(
           templates, k, v, segment_len, mask=mask)
     if store:
-      self.put_variable(CACHE, 'outputs', outputs)
+      self.put_variable(TEMPLATE_MEMORY, 'outputs', outputs)
     return outputs
 
   def _update_library(self, library, q, assignments, mask):

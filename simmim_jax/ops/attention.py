@@ -98,12 +98,12 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     [batch, length, heads, head_dim] in q's dtype; a query with no allowed key
     gives zeros.
   """
-  segment_len = checks.positive_int(segment_len, 'segment_len')
+  segment_len = checks.integer(segment_len, 'segment_len')
   _check_qkv(q, k, v)
   checks.mask(mask, q.shape[:2])
   if mask is not None:
     mask = mask.astype(bool)
-  return _segment_attention(q, k, v, mask, segment_len, causal)
+  return _segment_attention(q, k, v, mask, segment_len, causal, _Levers())
 
 
 # On CPU, segment attention runs as a loop over steps of a few segments in the
@@ -124,8 +124,17 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 _STEP_SCORES = 2**19
 
 
-def _segments_per_step(num_segments, heads, segment_len):
-  """The largest divisor of num_segments within the step's score budget.
+class _Levers(NamedTuple):
+  """Choices of the loop that experiments/labs/segment_attention_levers.py
+  varies, passed down explicitly (hashable: a static argument)."""
+  step_scores: Optional[int] = None  # score entries per step; None: the
+                                     # module's _STEP_SCORES
+  transpose_barrier: bool = True     # see _transposed
+
+
+def _segments_per_step(num_segments, heads, segment_len, step_scores=None):
+  """The largest divisor of num_segments within the step's score budget
+  (`step_scores`; None: _STEP_SCORES).
 
   Only on CPU: on GPU and TPU one step holds every segment, since a loop
   would run its small matmuls one after another on a device built to run
@@ -133,7 +142,8 @@ def _segments_per_step(num_segments, heads, segment_len):
   """
   if jax.default_backend() != 'cpu':
     return num_segments
-  most = max(1, _STEP_SCORES // (heads * segment_len * segment_len))
+  budget = _STEP_SCORES if step_scores is None else step_scores
+  most = max(1, budget // (heads * segment_len * segment_len))
   return max(d for d in range(1, min(most, num_segments) + 1)
              if num_segments % d == 0)
 
@@ -213,10 +223,10 @@ class _Layout(NamedTuple):
     return i // steps_per_row, first_segment * self.segment_len
 
 
-def _layout(shape, segment_len):
+def _layout(shape, segment_len, step_scores=None):
   batch, length, heads = shape[:3]
   full_segments, tail = divmod(length, segment_len)
-  step = (_segments_per_step(full_segments, heads, segment_len)
+  step = (_segments_per_step(full_segments, heads, segment_len, step_scores)
           if full_segments else 0)
   return _Layout(batch, segment_len, full_segments, step, tail)
 
@@ -266,15 +276,17 @@ def _tail_mask(mask, layout):
   return _read_tail(mask, layout, False)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _segment_attention(q, k, v, mask, segment_len, causal):
-  return _segment_attention_forward(q, k, v, mask, segment_len, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _segment_attention(q, k, v, mask, segment_len, causal, levers):
+  return _segment_attention_forward(q, k, v, mask, segment_len, causal,
+                                    levers)[0]
 
 
-def _segment_attention_forward(q, k, v, mask, segment_len, causal):
+def _segment_attention_forward(q, k, v, mask, segment_len, causal,
+                               levers=_Levers()):
   """-> (out in q's dtype, residuals (q, k, v, mask, loop weights
   [num_steps, heads * step, l, l] or None, tail weights or None))."""
-  layout = _layout(q.shape, segment_len)
+  layout = _layout(q.shape, segment_len, levers.step_scores)
   out = jnp.zeros_like(q)
   weights = tail_weights = None
   if layout.num_steps:
@@ -292,29 +304,32 @@ def _segment_attention_forward(q, k, v, mask, segment_len, causal):
   return out, (q, k, v, mask, weights, tail_weights)
 
 
-def _transposed(x):
+def _transposed(x, barrier=True):
   """[blocks, a, b] -> [blocks, b, a], materialised. A transpose of a step is
   cheap in cache, and the barrier stops XLA from folding it into the next
   dot, so that dot keeps the plain [m, k] @ [k, n] form, which XLA's CPU
-  backend runs faster than one contracting its left operand's first axis."""
-  return jax.lax.optimization_barrier(jnp.swapaxes(x, 1, 2))
+  backend runs faster than one contracting its left operand's first axis.
+  `barrier=False` leaves the folding to XLA (the lab's comparison)."""
+  swapped = jnp.swapaxes(x, 1, 2)
+  return jax.lax.optimization_barrier(swapped) if barrier else swapped
 
 
-def _step_backward(q, k, v, d_out, weights):
+def _step_backward(q, k, v, d_out, weights, barrier=True):
   """One step's gradients, [segments, l, heads, d] each (float32 or wider),
-  from its saved weights [heads * segments, queries, keys]."""
+  from its saved weights [heads * segments, queries, keys]; `barrier` as in
+  `_transposed`."""
   heads = q.shape[2]
   wide = weights.dtype
   scale = 1.0 / math.sqrt(q.shape[-1])
   q, k, v, d_out = (_blocks(x).astype(wide) for x in (q, k, v, d_out))
-  d_v = jnp.einsum('bkq,bqd->bkd', _transposed(weights), d_out)
+  d_v = jnp.einsum('bkq,bqd->bkd', _transposed(weights, barrier), d_out)
   d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
   # Softmax backward: p * (dp - sum_k p dp). The row sum is taken here, in
   # cache, so the forward's output need not be saved or read back.
   row = jnp.sum(weights * d_weights, axis=-1, keepdims=True)
   d_scores = weights * (d_weights - row) * scale
   d_q = jnp.einsum('bqk,bkd->bqd', d_scores, k)
-  d_k = jnp.einsum('bkq,bqd->bkd', _transposed(d_scores), q)
+  d_k = jnp.einsum('bkq,bqd->bkd', _transposed(d_scores, barrier), q)
   return tuple(_unblock(g, heads) for g in (d_q, d_k, d_v))
 
 
@@ -337,13 +352,15 @@ def _gradient_loop(step_backward, arrays, weights, layout):
   return jax.lax.scan(step, grads, (jnp.arange(layout.num_steps), weights))[0]
 
 
-def _segment_attention_backward(segment_len, causal, residuals, d_out):
+def _segment_attention_backward(segment_len, causal, levers, residuals, d_out):
   del causal  # the weights already hold it
   q, k, v, mask, weights, tail_weights = residuals
-  layout = _layout(q.shape, segment_len)
-  grads = _gradient_loop(_step_backward, (q, k, v, d_out), weights, layout)
+  layout = _layout(q.shape, segment_len, levers.step_scores)
+  step_backward = functools.partial(_step_backward,
+                                    barrier=levers.transpose_barrier)
+  grads = _gradient_loop(step_backward, (q, k, v, d_out), weights, layout)
   if layout.tail:
-    tail_grads = _step_backward(
+    tail_grads = step_backward(
         *(_read_tail(x, layout) for x in (q, k, v, d_out)), tail_weights)
     grads = tuple(_write_tail(g, s, layout)
                   for g, s in zip(grads, tail_grads))
@@ -365,7 +382,7 @@ def segment_attention_weights(q: jax.Array, k: jax.Array, segment_len: int,
     [batch, num_segments, heads, segment_len (queries), segment_len (keys)]
     float32 (or wider) weights; rows of padding or key-less queries are zero.
   """
-  segment_len = checks.positive_int(segment_len, 'segment_len')
+  segment_len = checks.integer(segment_len, 'segment_len')
   for name, x in (('q', q), ('k', k)):
     checks.rank(x, 4, name, '[batch, length, heads, head_dim]')
   checks.same_shape([('q', q.shape), ('k', k.shape)])
@@ -499,7 +516,7 @@ def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     # The segment kernel's loop over rows is 1.6-1.9x faster than XLA's
     # dot_product_attention on CPU, which builds [batch, heads, length,
     # length] in a transposed layout (BENCHMARKS.md, "Full attention on CPU").
-    return _segment_attention(q, k, v, mask, length, causal)
+    return _segment_attention(q, k, v, mask, length, causal, _Levers())
   key_mask = None if mask is None else mask[:, None, None, :]
   out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
   if mask is None:

@@ -59,7 +59,7 @@ AGGREGATORS: dict[str, Callable[[Params, jax.Array, jax.Array], jax.Array]] = {
 
 def get_aggregator(name: str):
   if name not in AGGREGATORS:
-    raise ValueError(
+    raise checks.ConfigError(
         f'unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}')
   return AGGREGATORS[name]
 
@@ -124,11 +124,9 @@ def hierarchical_aggregate(nodes: jax.Array, params: Params, *,
   full_levels = num_tree_levels(num_segments)
   if num_levels is None:
     levels = full_levels
-  elif isinstance(num_levels, bool) or not isinstance(num_levels, int) \
-      or num_levels < 0:
-    raise ValueError(f'num_levels must be None or an int >= 0, got {num_levels!r}')
   else:
-    levels = min(num_levels, full_levels)
+    levels = min(checks.integer(num_levels, 'num_levels', minimum=0,
+                                hint='(or None: all)'), full_levels)
   if per_level:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
       if leaf.shape[0] < levels:

@@ -162,8 +162,8 @@ def ema_kmeans_update(cluster_sizes: jax.Array, cluster_sums: jax.Array,
   templates_lib.check_against_templates(queries, 'queries', cluster_sums)
   templates_lib.check_assignments(assignments, queries.shape[:3], num_templates)
   checks.mask(mask, queries.shape[:2])
-  if checks.is_concrete(decay) and np.ndim(decay) == 0 and not 0 <= decay <= 1:
-    raise ValueError(f'decay must be in [0, 1], got {decay}')
+  if checks.is_concrete(decay) and np.ndim(decay) == 0:
+    checks.number(float(decay), 'decay', high=1, high_open=False)
   dtype = score_dtype(jnp.result_type(queries.dtype, cluster_sums.dtype))
   one_hot = _masked_one_hot(assignments, num_templates, mask, dtype)
   q = jax.lax.stop_gradient(queries).astype(dtype)

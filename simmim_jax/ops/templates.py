@@ -5,7 +5,7 @@ Query i is assigned its nearest template c(i) (squared L2) and gets
   out_{i,h} = sum_j softmax_j(a_{h,c(i)} . k_j / sqrt(head_dim)) v_j
 over the real keys j of the sequence (or of its segment). The K outputs cost
 O(K * length * head_dim) and are gathered per query: no [length, length]
-array; kept as a cache, they answer a new query in O(K * head_dim). The
+array; kept as template memory, they answer a new query in O(K * head_dim). The
 causal variant keeps every template's running prefix output instead.
 q, k, v: [batch, length, heads, head_dim]; assignments: [batch, length, heads]
 int in [0, K); mask: [batch, length] bool, True = real token. Scores and
@@ -103,7 +103,7 @@ def assign_templates(queries: jax.Array, templates: jax.Array) -> jax.Array:
 def template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array, *,
                      mask: Optional[jax.Array] = None) -> jax.Array:
   """Every template's attention output over the whole sequence: the
-  memory-in-memory cache of a fixed context (see `query_template_cache`).
+  template memory of a fixed context (see `query_template_cache`).
 
   Args: templates [heads, num_templates, head_dim]; k, v [batch, length,
     heads, head_dim]; mask optional [batch, length] bool, True = real key.
@@ -129,7 +129,7 @@ def segment_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
     [batch, num_segments, heads, num_templates, head_dim] in v's dtype; zeros
     for a segment without real keys.
   """
-  segment_len = checks.positive_int(segment_len, 'segment_len')
+  segment_len = checks.integer(segment_len, 'segment_len')
   check_keys(templates, k, v, mask)
   key_mask = segment_key_mask(mask, *k.shape[:2], segment_len)
   return _outputs(templates, split_segments(k, segment_len),
@@ -176,7 +176,7 @@ def causal_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
     key_mask = None if mask is None else mask.astype(bool)[:, None]
     k, v = k[:, None], v[:, None]
   else:
-    segment_len = checks.positive_int(segment_len, 'segment_len')
+    segment_len = checks.integer(segment_len, 'segment_len')
     key_mask = segment_key_mask(mask, batch, length, segment_len)
     k, v = split_segments(k, segment_len), split_segments(v, segment_len)
   scores = _template_scores(templates, k)  # [batch, m, l, heads, K]
@@ -327,7 +327,7 @@ def segment_template_attention(templates: jax.Array, assignments: jax.Array,
   t // segment_len. Args and result as `template_attention`, plus
   `segment_len` (positive int; any length).
   """
-  segment_len = checks.positive_int(segment_len, 'segment_len')
+  segment_len = checks.integer(segment_len, 'segment_len')
   check_keys(templates, k, v, mask)
   check_assignments(assignments, k.shape[:3], templates.shape[1])
   outputs = segment_template_outputs(templates, k, v, segment_len, mask=mask)
@@ -337,27 +337,30 @@ def segment_template_attention(templates: jax.Array, assignments: jax.Array,
 def query_template_cache(cache: jax.Array, queries: jax.Array,
                          templates: jax.Array, *,
                          segment_len: Optional[int] = None) -> jax.Array:
-  """Answers queries from cached template outputs in O(K * head_dim) each,
-  bit for bit as `template_attention` (or `segment_template_attention`) with
-  `assign_templates(queries, templates)`: the same ops run.
+  """Answers queries from template memory (a context's stored template
+  outputs) in O(K * head_dim) each, bit for bit as `template_attention` (or
+  `segment_template_attention`) with `assign_templates(queries, templates)`:
+  the same ops run. (Template memory, not a decoding cache: the name is
+  kept for compatibility.)
 
   Args:
-    cache: `template_outputs` [batch, heads, K, head_dim], or with segment_len
-      `segment_template_outputs` [batch, num_segments, heads, K, head_dim].
+    cache: the template memory: `template_outputs` [batch, heads, K,
+      head_dim], or with segment_len `segment_template_outputs` [batch,
+      num_segments, heads, K, head_dim].
     queries: [batch, length, heads, head_dim]; with segment_len, position t
-      reads segment t // segment_len, which the cache must hold.
-    templates: [heads, K, head_dim], the ones the cache was built with.
+      reads segment t // segment_len, which the memory must hold.
+    templates: [heads, K, head_dim], the ones the memory was built with.
 
-  Returns: [batch, length, heads, head_dim] in the cache's dtype.
+  Returns: [batch, length, heads, head_dim] in the memory's dtype.
   """
   check_against_templates(queries, 'queries', templates)
   batch, length = queries.shape[:2]
   expected = (batch, *templates.shape)
   if segment_len is not None:
-    segment_len = checks.positive_int(segment_len, 'segment_len')
+    segment_len = checks.integer(segment_len, 'segment_len')
     needed = -(-length // segment_len)
     held = np.shape(cache)[1] if np.ndim(cache) == 5 else needed
-    # A longer context's cache serves its prefix; a shorter one cannot.
+    # A longer context's memory serves its prefix; a shorter one cannot.
     expected = (batch, max(held, needed), *templates.shape)
   if tuple(np.shape(cache)) != expected:
     raise ValueError(

@@ -25,6 +25,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from simmim_jax import checks
+from simmim_jax.checks import ConfigError
 from simmim_jax.training import checkpoints
 from simmim_jax.training.experiment_config import validate_config
 
@@ -48,7 +50,7 @@ def zipped(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
   """Values taken together: zipped({'a': [1, 2], 'b': [3, 4]}) -> 2 points."""
   lengths = {k: len(v) for k, v in axes.items()}
   if len(set(lengths.values())) > 1:
-    raise ValueError(f'zipped: axes have different lengths {lengths}')
+    raise ConfigError(f'zipped: axes have different lengths {lengths}')
   keys = list(axes)
   return [dict(zip(keys, values)) for values in zip(*(axes[k] for k in keys))]
 
@@ -122,17 +124,17 @@ def load_sweep(spec: str) -> list[dict[str, Any]]:
   """The points of `path/to/sweep.py[:variant]`."""
   path, _, variant = spec.partition(':')
   if not os.path.isfile(path):
-    raise ValueError(f'sweep file {path!r} does not exist')
+    raise checks.MissingPathError(f'sweep file {path!r} does not exist')
   module_spec = importlib.util.spec_from_file_location('_sweep_file', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'sweep file {path!r} has no get_sweep(variant)')
+    raise ConfigError(f'sweep file {path!r} has no get_sweep(variant)')
   points = module.get_sweep(variant) if variant else module.get_sweep()
   if not isinstance(points, (list, tuple)) or not points or not all(
       isinstance(p, Mapping) for p in points):
-    raise ValueError(f'{spec}: get_sweep must return a non-empty list of '
-                     f'dicts, got {type(points).__name__}')
+    raise ConfigError(f'{spec}: get_sweep must return a non-empty list of '
+                      f'dicts, got {type(points).__name__}')
   return [dict(p) for p in points]
 
 
@@ -189,7 +191,9 @@ def resolve_config(config_spec: str,
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
                                   lock_config=True, sys_argv=argv)
   values(argv)
-  return values.config
+  config = values.config
+  config.keys()  # a config file that did not load raises here (OSError)
+  return config
 
 
 def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
@@ -197,49 +201,60 @@ def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
   """Resolves and validates every point before anything runs.
 
   `base_overrides` are (field, text) pairs applied to every point, as given
-  on the command line. Raises ValueError naming the point and the field.
+  on the command line. Raises ConfigError naming the point and the field.
   """
   base_keys = {k for k, _ in base_overrides}
   points, names = [], {}
   for index, overrides in enumerate(sweep_points):
-    label = f'sweep point {index} {dict(overrides)}'
+    label = f'sweep point {index} ({_fields_text(overrides)})'
     both = sorted(base_keys & set(overrides))
     if both:
-      raise ValueError(f'{label}: {both} set both by the point and by '
-                       '--config. flags; set it in one place')
+      raise ConfigError(f'{label}: {both} set both by the point and by '
+                        '--config. flags; set it in one place')
     texts = [*base_overrides, *((k, cli_value(v)) for k, v in overrides.items())]
     try:
       # No progress bar: points write to log files.
       config = resolve_config(config_spec, [*texts, ('progress', 'False')])
-    except (flags.Error, AttributeError, KeyError, TypeError,
-            ValueError) as error:
-      raise ValueError(f'{label}: {_one_line(error)}') from None
-    for key, value in overrides.items():
-      got = _get(config, key)
-      want = tuple(value) if isinstance(value, list) else value
-      if got != want or type(got) is not type(want):
-        raise ValueError(f'{label}: field {key!r}={value!r} reads back from '
-                         f'the command line as {got!r}; use a value of the '
-                         "field's type")
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+            OSError) as error:
+      raise ConfigError(f'{label}: {checks.describe(error)}') from None
+    _check_read_back(label, overrides, config)
     needs = reference(config.init_from)
     if needs is not None and needs not in names:
-      raise ValueError(f'{label}: init_from={config.init_from!r} names no '
-                       'earlier point of this sweep')
+      raise ConfigError(f'{label}: init_from={config.init_from!r} names no '
+                        'earlier point of this sweep')
     try:
       # A reference's directory does not exist before its point has run.
       validate_config(_without_init_from(config) if needs else config)
     except ValueError as error:
-      raise ValueError(f'{label}: {error}') from None
+      raise ConfigError(f'{label}: {checks.describe(error)}') from None
     name = point_name(overrides)
     if name in names:
-      raise ValueError(f'{label} has the same directory name {name!r} as '
-                       f'point {names[name]}: points must differ')
+      raise ConfigError(f'{label} has the same directory name {name!r} as '
+                        f'point {names[name]}: points must differ')
     names[name] = index
     argv = (f'--config={config_spec}',
             *(f'--config.{k}={v}' for k, v in texts),
             '--config.progress=False')
     points.append(Point(name, dict(overrides), argv, config, needs))
   return points
+
+
+def _fields_text(overrides: Mapping[str, Any]) -> str:
+  """'model.family=local, seed=1': a point's fields as its flags give them."""
+  return ', '.join(f'{k}={cli_value(v)}' for k, v in overrides.items())
+
+
+def _check_read_back(label: str, overrides: Mapping[str, Any],
+                     config: ml_collections.ConfigDict) -> None:
+  """Raises unless each field reads back as the point's value and type."""
+  for key, value in overrides.items():
+    got = _get(config, key)
+    want = tuple(value) if isinstance(value, list) else value
+    if got != want or type(got) is not type(want):
+      raise ConfigError(f'{label}: field {key!r}={value!r} reads back from '
+                        f'the command line as {got!r}; use a value of the '
+                        "field's type")
 
 
 def _without_init_from(config: ml_collections.ConfigDict):
@@ -252,10 +267,6 @@ def _get(config, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
   return config
-
-
-def _one_line(error: BaseException) -> str:
-  return ' '.join(str(error).strip("'\"").split())
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from simmim_jax import checks
 from simmim_jax.sweep import summary as sweep_summary
 from simmim_jax.sweep.points import Point
 from simmim_jax.sweep.points import config_mismatch
@@ -51,12 +52,12 @@ def point_status(point: Point, workdir: str) -> str:
 def device_shares(parallel: int) -> list[dict[str, Any]]:
   """What each of `parallel` slots gets: CPU cores (affinity) and, on a GPU
   host, CUDA_VISIBLE_DEVICES."""
-  if parallel < 1:
-    raise ValueError(f'parallel must be >= 1, got {parallel}')
+  checks.integer(parallel, 'parallel')
   gpus = _visible_gpus()
   if gpus and parallel > len(gpus):
-    raise ValueError(f'parallel={parallel} but this host has {len(gpus)} '
-                     'GPU(s): each point needs at least one')
+    raise checks.ConfigError(
+        f'parallel={parallel} but this host has {len(gpus)} GPU(s): each '
+        'point needs at least one')
   cpus = sorted(os.sched_getaffinity(0))
   shares = []
   for slot in range(parallel):
@@ -106,11 +107,12 @@ def run_sweep(points: Sequence[Point], workdir: str, *, parallel: int = 1,
   points have checkpointed (they get SIGTERM). `log` gets progress lines
   (default: printed and flushed)."""
   log = log or functools.partial(print, flush=True)
+  shares = device_shares(parallel)  # a bad `parallel` fails before any work
   os.makedirs(workdir, exist_ok=True)
   for point in points:
     mismatch = config_mismatch(point, os.path.join(workdir, point.name))
     if mismatch:
-      raise ValueError(
+      raise checks.ConfigError(
           f'{os.path.join(workdir, point.name)} holds a run of another config '
           f'than sweep point {point.name} ({"; ".join(mismatch[:5])}); use '
           'another --workdir or move that directory aside')
@@ -119,7 +121,6 @@ def run_sweep(points: Sequence[Point], workdir: str, *, parallel: int = 1,
   todo = [p for p in points if statuses[p.name] != 'done']
   log(f'{len(points) - len(todo)} of {len(points)} points done; '
       f'{len(todo)} to run, {parallel} at a time')
-  shares = device_shares(parallel)
   free = list(range(parallel))
   running: dict[int, tuple[Point, subprocess.Popen, Any]] = {}
   stop = {'signal': None}
@@ -246,10 +247,12 @@ def _finished(point: Point, workdir: str, returncode: int, *,
 
 
 def last_error(log_path: str) -> str:
-  """The last exception line of a log (or its last line)."""
+  """The last exception line of a log (or its last line); a user's mistake
+  reads `error: ...` (experiments/cli.py)."""
   with open(log_path, errors='replace') as f:
     lines = [line.strip() for line in f.read().splitlines()[-200:]
              if line.strip()]
   errors = [line for line in lines
-            if re.match(r'^[\w.]+(Error|Exception|Interrupt)\b', line)]
+            if re.match(r'^([\w.]+(Error|Exception|Interrupt)\b|error: )',
+                        line)]
   return (errors or lines or ['(no output)'])[-1][:500]
