@@ -7,13 +7,15 @@ Loads the run's best checkpoint (by its config's best_metric; the latest if
 it kept none), continues the prompt and prints prompt and continuation.
 """
 
-import jax
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from experiments import cli
+from simmim_jax import checks
 from simmim_jax.inference import decoding
+from simmim_jax.training import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a finished byte-LM run')
 _PROMPT = flags.DEFINE_string('prompt', 'def ', 'text to continue')
@@ -25,14 +27,25 @@ _SEED = flags.DEFINE_integer('seed', 0, 'sampling seed')
 flags.mark_flags_as_required(['workdir'])
 
 
+def load_byte_lm(workdir: str) -> run_dir.Run:
+  """The finished byte-LM run in `workdir` at its best step."""
+  saved = run_dir.load_config(workdir)
+  name = (saved or {}).get('data', {}).get('name')
+  if saved is not None and name != 'byte_lm':
+    raise checks.ConfigError(f'{workdir!r} is a {name!r} run; generation '
+                             'needs a byte_lm run')
+  return run_dir.load_run(workdir, 'best')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  model, params, step = decoding.load_byte_lm(_WORKDIR.value)
-  print(f'# {_WORKDIR.value}, step {step}, family {model.config.family}')
+  run = load_byte_lm(_WORKDIR.value)
+  print(f'# {_WORKDIR.value}, step {run.step}, family '
+        f'{run.model.config.family}')
   print(decoding.continue_text(
-      model, params, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
+      run.model, run.params, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
       rng=jax.random.key(_SEED.value)))
 

@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import listops
+from simmim_jax.training import distill
+from simmim_jax.training import experiment_config
+from simmim_jax.training import metrics as metrics_lib
 from simmim_jax.training import steps
 from simmim_jax.training import train
-from simmim_jax.training import distill
 from tests import train_worker
 
 
@@ -79,10 +82,39 @@ def test_init_from_an_unfinished_run_warns_with_its_step(pretrained, tmp_path,
 
 
 def test_masked_objective_needs_a_masked_best_metric(tmp_path, data_dir):
-  config = train_worker.small_config(data_dir, objective='masked')
-  with pytest.raises(ValueError, match='best_metric=.eval_accuracy. does not '
-                     'fit objective=.masked.'):
+  # eval_loss and eval_accuracy stand for their masked counterparts; a
+  # metric a masked run does not report is refused by name.
+  config = train_worker.small_config(data_dir, objective='masked',
+                                     best_metric='eval_bits_per_byte')
+  with pytest.raises(ValueError, match='best_metric=.eval_bits_per_byte. '
+                     'does not fit objective=.masked.'):
     train.train_and_evaluate(config, str(tmp_path))
+  config = train_worker.small_config(data_dir,
+                                     best_metric='eval_masked_accuracy')
+  with pytest.raises(ValueError, match='best_metric=.eval_masked_accuracy. '
+                     'does not fit objective=.supervised.'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_the_masked_objective_needs_no_best_metric_flag(tmp_path, data_dir):
+  # python -m experiments.train --config=...listops.py:tiny
+  #     --config.objective=masked
+  config = listops.get_config('tiny')
+  config.objective = 'masked'
+  experiment_config.validate_config(config)
+  assert config.best_metric == 'eval_accuracy'  # the task config's
+  assert experiment_config.best_metric(config) == 'eval_masked_accuracy'
+  config.best_metric = 'eval_loss'
+  assert experiment_config.best_metric(config) == 'eval_masked_loss'
+  # A short run ranks its evals by masked accuracy.
+  config = train_worker.small_config(data_dir, objective='masked',
+                                     num_steps=4, eval_every=2)
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  evals = [r for r in metrics_lib.read_metrics(str(tmp_path))
+           if 'eval_masked_accuracy' in r]
+  best = max(evals, key=lambda r: r['eval_masked_accuracy'])
+  assert results['best']['step'] == best['step']
+  assert results['best']['value'] == best['eval_masked_accuracy']
 
 
 def test_masked_resume_equals_uninterrupted(tmp_path, data_dir):
@@ -115,7 +147,8 @@ def test_a_changed_encoder_shape_is_refused_by_name():
   source['encoder']['token_embedding']['embedding'] = np.ones((5, 4))
   merged = distill.pretrained_encoder(fresh, source)
   assert merged['encoder']['token_embedding']['embedding'].sum() == 20
-  assert merged['head'] is fresh['head'] or np.all(merged['head']['kernel'] == 0)
+  assert merged['head'] is fresh['head'] or np.all(
+      merged['head']['kernel'] == 0)
 
 
 def _masked_config(data_dir, **overrides):

@@ -30,6 +30,7 @@ import simmim_jax  # first: sets malloc before JAX starts (allocator.py)
 from simmim_jax import allocator
 from experiments.benchmark import cases as cases
 from simmim_jax.training import metrics as metrics_lib
+from simmim_jax.training import run_dir
 from simmim_jax.training import train
 from experiments.configs import listops
 
@@ -90,9 +91,10 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   workdir = os.path.abspath(_WORKDIR.value)
-  run_dir = os.path.join(workdir, 'train')
-  if os.path.exists(os.path.join(run_dir, 'results.json')):
-    raise app.UsageError(f'{run_dir} holds a finished run: use a new workdir')
+  train_dir = os.path.join(workdir, 'train')
+  if run_dir.is_finished(train_dir):
+    raise app.UsageError(f'{train_dir} holds a finished run: use a new '
+                         'workdir')
   before = attention_calls(_LENGTH.value, _REPEATS.value)
   config = listops.get_config('tiny')
   config.num_steps = _STEPS.value
@@ -101,14 +103,15 @@ def main(argv):
   config.test_split = ''
   config.progress = False
   train_faults = _faults()
-  train.train_and_evaluate(config, run_dir)
+  train.train_and_evaluate(config, train_dir)
   train_faults = _faults() - train_faults
   after, fresh = [], []
   for _ in range(_ROUNDS.value):
     after.append(attention_calls(_LENGTH.value, _REPEATS.value))
     fresh.append(fresh_process_round(_LENGTH.value, _REPEATS.value))
   windows = [(r['step'], r['step_seconds'])
-             for r in metrics_lib.read_metrics(run_dir) if 'step_seconds' in r]
+             for r in metrics_lib.read_metrics(train_dir)
+             if 'step_seconds' in r]
   report = {'malloc_settings': dict(allocator.applied),
             'attention_before': before, 'attention_after': after,
             'attention_fresh_process': fresh,

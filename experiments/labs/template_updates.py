@@ -28,9 +28,9 @@ import numpy as np
 
 from simmim_jax import data
 from simmim_jax.training import distill
+from simmim_jax.training import run_dir
 from simmim_jax.training import train
 from simmim_jax.models.attention_maps import find_subtree
-from simmim_jax.models.models import build_model
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'template model')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'study directory')
@@ -46,17 +46,18 @@ _FIT_QUERIES = flags.DEFINE_integer('fit_queries', 20000,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def library_fit_of_run(config, run_dir: str, max_queries: int) -> dict:
-  """`distill.library_fit` of a finished template run on its eval split."""
-  params, _ = distill.load_trained_params(run_dir)
+def library_fit_of_run(config, workdir: str, max_queries: int) -> dict:
+  """`distill.library_fit` of a finished template run (its latest
+  checkpoint) on its eval split."""
+  run = run_dir.load_run(workdir, 'latest')
   datasets = data.create_datasets(
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed)
-  model = build_model(train.model_config(config, datasets))
   batches = ((b['tokens'], b['mask'])
              for b in datasets.eval_batches(config.eval_split))
-  queries = distill.collect_queries(model, params, batches, max_queries)
-  library = np.asarray(find_subtree(params, 'blocks')['attention'][
+  queries = distill.collect_queries(run.model, run.params, batches,
+                                    max_queries)
+  library = np.asarray(find_subtree(run.params, 'blocks')['attention'][
       'templates']['library'])
   return distill.library_fit(queries, library)
 
@@ -82,14 +83,14 @@ def compare(config, workdir: str, updates, ks, distill_from, finetune_steps,
           run.warmup_steps = min(run.warmup_steps, finetune_steps // 10)
           run.eval_every = run.checkpoint_every = finetune_steps
         name = f'{"tuned" if source else "scratch"}_k{num_templates}_{update}'
-        run_dir = os.path.join(workdir, name)
-        _, results = train.train_and_evaluate(run, run_dir)
+        directory = os.path.join(workdir, name)
+        _, results = train.train_and_evaluate(run, directory)
         rows.append({
             'stage': stage, 'update': update, 'K': num_templates,
             'eval_accuracy': results['final']['eval_accuracy'],
             'test_accuracy': results.get('test', {}).get('test_accuracy'),
             'train_seconds': results['wall_seconds'],
-            **library_fit_of_run(run, run_dir, fit_queries)})
+            **library_fit_of_run(run, directory, fit_queries)})
   return rows
 
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from simmim_jax.ops import attention
 from simmim_jax import cost
-from simmim_jax import data
 from simmim_jax.ops import templates as templates_lib
+from simmim_jax.training import run_dir
 from simmim_jax.training import train
 from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.models.models import build_model
@@ -98,8 +98,7 @@ def run_study(config, workdir: str, ks, finetune_steps: int, cost_length: int,
   """Trains/loads the original, distils and fine-tunes each K; the rows."""
   original_dir = os.path.join(workdir, 'original')
   _, original = train.train_and_evaluate(config, original_dir)
-  base_fields = dataclasses.asdict(train.model_config(config,
-                                                      _datasets(config)))
+  base_fields = dataclasses.asdict(run_dir.load_model_config(original_dir))
   rows = [_row('original', None, original, base_fields, config, cost_length,
                repeats)]
   for num_templates in ks:
@@ -122,12 +121,6 @@ def run_study(config, workdir: str, ks, finetune_steps: int, cost_length: int,
       rows.append(_row(stage, num_templates, results, fields, config,
                        cost_length, repeats))
   return rows
-
-
-def _datasets(config):
-  return data.create_datasets(config.data, global_batch_size=config.batch_size,
-                              eval_batch_size=config.eval_batch_size,
-                              seed=config.seed)
 
 
 def _row(stage, num_templates, results, fields, config, cost_length,

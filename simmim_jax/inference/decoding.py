@@ -4,7 +4,8 @@
   logits, cache = decode_step(model, params, cache, tokens, positions)
   tokens = generate(model, params, prompt, max_new_tokens=...)
 
-`load_byte_lm` and `continue_text` serve experiments/generate.py.
+`continue_text` serves experiments/generate.py, which loads the run with
+simmim_jax.training.run_dir.load_run.
 
 A `Seq2Seq` model takes `source=` (and `source_mask=`) in `init_cache` and
 `generate`: its encoder runs once and every decoder layer's cache also holds
@@ -21,20 +22,15 @@ steps: one compile per shape and sampling setting.
 """
 
 import functools
-import json
-import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simmim_jax.training import checkpoints
 from simmim_jax import checks
-from simmim_jax.ops import decode_attention
 from simmim_jax.models import models
-from simmim_jax.models.model_config import ModelConfig
-from simmim_jax.data.pipeline import BYTE_VOCAB_SIZE
+from simmim_jax.ops import decode_attention
 
 
 def _check_model(model, source=None, source_mask=None):
@@ -332,34 +328,6 @@ def _generate(model, params, prompt, lengths, rng, source, *, max_new_tokens,
                           jnp.argmax(emitted, axis=1), total)
     tokens = jnp.where(index > first_eos[:, None], eos_id, tokens)
   return tokens
-
-
-def load_byte_lm(workdir: str):
-  """(CausalLM, params, step) of a byte-LM run's best (else latest) step."""
-  saved = checkpoints.load_config(workdir)
-  if saved is None:
-    raise FileNotFoundError(f'{workdir!r} holds no run (no config.json)')
-  if saved['data'].get('name') != 'byte_lm':
-    raise ValueError(f'{workdir!r} is a {saved["data"].get("name")!r} run; '
-                     'generation needs a byte_lm run')
-  fields = {**saved['model'], 'vocab_size': BYTE_VOCAB_SIZE, 'head': 'lm',
-            'max_len': saved['data']['max_len']}
-  model = models.CausalLM(ModelConfig.from_dict(fields))
-  step = None
-  results = os.path.join(workdir, 'results.json')
-  if os.path.exists(results):
-    with open(results) as f:
-      step = (json.load(f).get('best') or {}).get('step')
-  checkpointer = checkpoints.Checkpointer(workdir, keep=1)
-  try:
-    if step is None or not os.path.isdir(checkpointer.step_dir(step)):
-      step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir!r} holds no checkpoint')
-    params = checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
-  return model, params, step
 
 
 def continue_text(model, params, prompt: str, **sampling) -> str:

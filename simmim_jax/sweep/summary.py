@@ -1,7 +1,8 @@
 """A sweep's summary: one row per point, seeds grouped, plots.
 
-Rows come from each point's directory (results.json, metrics.jsonl,
-config.json), so a summary can be built from points run anywhere:
+Rows come from each point's run directory (its results, metrics and config;
+see training/run_dir.py), so a summary can be built from points run
+anywhere:
   DIR/summary.{csv,md,json}   one row per point
   DIR/summary_grouped.md      points that differ only in `seed`: mean +- std
   DIR/summary_<metric>.png    the grouped metric per variant, with error bars
@@ -17,8 +18,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from simmim_jax.training import checkpoints
+from simmim_jax.training import experiment_config
 from simmim_jax.training import metrics as metrics_lib
+from simmim_jax.training import run_dir
 
 SPEC_FILE = 'sweep.json'
 # Numeric columns averaged over seeds, in the order the tables show them.
@@ -55,7 +57,7 @@ def point_row(point, workdir: str, status: str,
         [r['tokens_per_second'] for r in steady]))
   if target is not None:
     metric, value = target
-    mode = (checkpoints.load_config(directory) or {}).get('best_mode', 'max')
+    mode = (run_dir.load_config(directory) or {}).get('best_mode', 'max')
     reached = [r['step'] for r in records if metric in r and (
         r[metric] >= value if mode == 'max' else r[metric] <= value)]
     row['steps_to_target'] = reached[0] if reached else None
@@ -70,10 +72,8 @@ def point_row(point, workdir: str, status: str,
     if row.get('train_seconds_to_target') is not None and source:
       row['total_train_seconds_to_target'] = (
           row['pretrain_train_seconds'] + row['train_seconds_to_target'])
-  results_path = os.path.join(directory, 'results.json')
-  if status == 'done' and os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
+  results = run_dir.load_results(directory) if status == 'done' else None
+  if results is not None:
     row['steps'] = results['step']
     row.update({f'final_{k}': v for k, v in results['final'].items()})
     best = results.get('best') or {}
@@ -268,8 +268,8 @@ def plot_curves(ax, workdir: str, rows, keys):
   colors = {label: f'C{i % 10}' for i, label in enumerate(labels)}
   metric = None
   for row in rows:
-    config = checkpoints.load_config(os.path.join(workdir, row['name'])) or {}
-    metric = config.get('best_metric', 'eval_accuracy')
+    config = run_dir.load_config(os.path.join(workdir, row['name'])) or {}
+    metric = experiment_config.best_metric(config)
     curve = [(r['step'], r[metric]) for r in metrics_lib.read_metrics(
         os.path.join(workdir, row['name'])) if metric in r]
     if curve:

@@ -1,4 +1,4 @@
-"""Checkpoints: orbax CheckpointManager in DIR/checkpoints.
+"""Checkpoints: an orbax CheckpointManager in a run's checkpoint directory.
 
 Each checkpoint holds the train state and the input iterator's position, so
 a resumed run sees exactly the batches an uninterrupted one would. Saves are
@@ -6,29 +6,25 @@ asynchronous; a save killed half-way leaves only a temporary directory that
 restore ignores, so the previous checkpoint stays usable.
 """
 
-import json
 import os
 from typing import Any, Optional, Sequence
 
 import grain
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-CONFIG_FILE = 'config.json'
-RESULTS_FILE = 'results.json'  # written when a run finishes
-
 
 class Checkpointer:
-  """Saves and restores (train state, data iterator) pairs under a workdir."""
+  """Saves and restores (train state, data iterator) pairs in a directory
+  (a run's: run_dir.checkpoints_dir(workdir))."""
 
-  def __init__(self, workdir: str, *, keep: int,
+  def __init__(self, directory: str, *, keep: int,
                best_metric: Optional[str] = None, best_mode: str = 'max'):
     """Keeps the last `keep` checkpoints, plus the best by `best_metric`."""
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = os.path.abspath(directory)
     kept = [policies.LatestN(keep)]
     if best_metric:
       kept.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],
@@ -113,7 +109,7 @@ class Checkpointer:
           f'checkpoint {self.step_dir(step)} has parameters of other shapes '
           f'than this config builds (first differences: {changed[:5]}; model '
           f'config changes: {list(config_changes) or "none"}). Resume with '
-          f'the config saved in {CONFIG_FILE} or use a new workdir.')
+          'the config the run saved or use a new workdir.')
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -130,34 +126,12 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes DIR/config.json (on the main process), atomically."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  os.replace(path + '.tmp', path)
-
-
-def load_config(workdir: str) -> Optional[dict[str, Any]]:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def model_config_changes(config: ml_collections.ConfigDict,
-                         workdir: str) -> list[str]:
-  """'field: saved -> now' for each model field that differs from the config
-  saved in `workdir` (empty for a new run)."""
-  saved = load_config(workdir)
-  if saved is None:
-    return []
-  saved_model = saved.get('model', {})
-  current_model = json.loads(config.to_json_best_effort())['model']
-  return [f'{name}: {saved_model.get(name)!r} -> {current_model.get(name)!r}'
-          for name in sorted(set(saved_model) | set(current_model))
-          if saved_model.get(name) != current_model.get(name)]
+def __getattr__(name: str) -> Any:
+  # The run directory's names and config file moved to run_dir.py;
+  # simmim_jax/sweep (points.py, runner.py) reads these from here until it
+  # imports run_dir. Imported late: run_dir imports this module.
+  if name in ('CONFIG_FILE', 'RESULTS_FILE', 'load_config'):
+    # pylint: disable-next=g-import-not-at-top
+    from simmim_jax.training import run_dir
+    return getattr(run_dir, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

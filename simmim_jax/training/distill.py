@@ -6,21 +6,20 @@ head (k-means), and swap the centres in as the template library of an
 otherwise identical model with attention_kind='templates'.
 """
 
-import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import linen as nn
 from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from simmim_jax.ops import templates as templates_lib
+from simmim_jax import checks
 from simmim_jax.models.attention_maps import find_subtree
-from simmim_jax.models import models
-from simmim_jax.models.model_config import ModelConfig
-from simmim_jax.training import checkpoints
+from simmim_jax.ops import templates as templates_lib
+from simmim_jax.training import run_dir
 
 LIBRARY_PATH = ('attention', 'templates', 'library')
 
@@ -180,34 +179,27 @@ def _matching(flat_source: dict, path: tuple, value: Any, source: str) -> Any:
   return flat_source[path]
 
 
-def load_trained_params(workdir: str) -> tuple[Any, dict]:
-  """(parameters of the latest checkpoint, saved config dict) of a run."""
-  saved_config = checkpoints.load_config(workdir)
-  checkpointer = checkpoints.Checkpointer(workdir, keep=1)
-  step = checkpointer.latest_step()
-  if saved_config is None or step is None:
-    raise FileNotFoundError(f'init_from={workdir!r} holds no finished run '
-                            '(config.json and a checkpoint are needed)')
-  if not os.path.exists(os.path.join(workdir, checkpoints.RESULTS_FILE)):
+def load_trained_params(workdir: str) -> tuple[Any, ml_collections.ConfigDict]:
+  """(parameters of the latest checkpoint, saved config) of the run that
+  init_from names (see `load_source_run`)."""
+  run = load_source_run(workdir)
+  return run.params, run.config
+
+
+def load_source_run(workdir: str) -> run_dir.Run:
+  """The init_from run at its latest checkpoint, finished or not."""
+  try:
+    run = run_dir.load_run(workdir, 'latest', finished=False)
+  except checks.MissingPathError as error:
+    raise checks.MissingPathError(f'init_from: {error}') from None
+  if not run_dir.is_finished(workdir):
     # Allowed (a pretraining's intermediate checkpoint is a fair start), but
     # a run still training gives a different start each time it is read.
     logging.warning(
-        'init_from=%r has not finished (no results.json): loading its '
-        'latest checkpoint, step %d of num_steps=%s', workdir, step,
-        saved_config.get('num_steps'))
-  try:
-    params = checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
-  return params, saved_config
-
-
-def pretrained_objective(workdir: str) -> Optional[str]:
-  """The objective of the run in `workdir` ('' -> None: no run given)."""
-  if not workdir:
-    return None
-  saved = checkpoints.load_config(workdir)
-  return None if saved is None else saved.get('objective', 'supervised')
+        'init_from=%r has not finished (no %s): loading its latest '
+        'checkpoint, step %d of num_steps=%s', workdir, run_dir.RESULTS_FILE,
+        run.step, run.config.get('num_steps'))
+  return run
 
 
 def pretrained_encoder(fresh_params: Any, source_params: Any) -> Any:
@@ -228,22 +220,18 @@ def initial_params(config, model, datasets, fresh_params: Any) -> Any:
   (template_init 'random') or fitted to the trained model's queries
   ('kmeans'). From a masked-pretraining run into another objective, only
   its encoder (`pretrained_encoder`)."""
-  source_params, saved = load_trained_params(config.init_from)
-  if (saved.get('objective') == 'masked'
+  source = load_source_run(config.init_from)
+  if (source.config.get('objective') == 'masked'
       and config.objective != 'masked'):
-    return pretrained_encoder(fresh_params, source_params)
+    return pretrained_encoder(fresh_params, source.params)
   fresh = traverse_util.flatten_dict(fresh_params)
   library_paths = [p for p in fresh if p[-len(LIBRARY_PATH):] == LIBRARY_PATH]
   if not library_paths:  # same kind of model: take every parameter
-    return swap_in_library(fresh_params, source_params, None)
+    return swap_in_library(fresh_params, source.params, None)
   library = np.asarray(fresh[library_paths[0]])
   if config.template_init == 'kmeans':
-    fields = {**saved['model'], 'vocab_size': model.config.vocab_size,
-              'num_classes': model.config.num_classes,
-              'head': model.config.head, 'max_len': model.config.max_len}
-    source = models.build_model(ModelConfig.from_dict(fields))
     batches = ((b['tokens'], b['mask']) for b in iter(datasets.train))
-    queries = collect_queries(source, source_params, batches,
+    queries = collect_queries(source.model, source.params, batches,
                               config.distill_queries)
     library = fit_library(queries, model.config.num_templates, config.seed)
-  return swap_in_library(fresh_params, source_params, library)
+  return swap_in_library(fresh_params, source.params, library)

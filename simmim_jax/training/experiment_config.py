@@ -8,18 +8,31 @@ bad value fails at start with a message naming the field.
 import dataclasses
 import os
 import typing
+from typing import Optional
 
 import ml_collections
 
-from simmim_jax.training import optim
+from simmim_jax import checks
 from simmim_jax import data
-from simmim_jax.ops import masking
-from simmim_jax.training import sharding
+from simmim_jax.checks import ConfigError
 from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.ops import masking
+from simmim_jax.training import optim
+from simmim_jax.training import sharding
 
-# Model fields the trainer fills in from the data (see train.model_config).
+# Model fields the trainer fills in from the data (see `model_config`).
 DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
                              'target_len')
+
+# The head each data task trains (masked pretraining: head 'masked').
+HEAD_OF_TASK = {'classification': 'classifier', 'dual': 'dual_encoder',
+                'lm': 'lm', 'seq2seq': 'seq2seq'}
+_POSITIVE = ('batch_size', 'eval_batch_size', 'log_every',
+             'eval_every', 'checkpoint_every', 'keep_checkpoints',
+             'distill_queries')
+# A masked run reports these metrics of the masked tokens instead.
+_MASKED_COUNTERPART = {'eval_loss': 'eval_masked_loss',
+                       'eval_accuracy': 'eval_masked_accuracy'}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,7 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.decode_examples = 0
   config.checkpoint_every = 500    # checkpoint every N steps (and at evals)
   config.keep_checkpoints = 2      # keep the last K checkpoints (+ the best)
-  config.best_metric = 'eval_accuracy'  # ranks checkpoints for 'best'
+  # Ranks checkpoints for 'best'; a masked run reads eval_loss and
+  # eval_accuracy as their masked counterparts (see `best_metric`).
+  config.best_metric = 'eval_accuracy'
   config.best_mode = 'max'         # 'max' | 'min' for best_metric
   config.progress = True           # progress bar with ETA on the terminal
   # Start from another run's trained parameters (its workdir; '' = none);
@@ -86,95 +101,147 @@ def _overridable(field: dataclasses.Field):
   return field.default
 
 
-_POSITIVE = ('batch_size', 'eval_batch_size', 'log_every',
-             'eval_every', 'checkpoint_every', 'keep_checkpoints',
-             'distill_queries')
+def best_metric(config) -> str:
+  """The eval metric that ranks a run's checkpoints.
+
+  `config.best_metric` as the objective reads it: a masked run ranks by the
+  masked counterpart of 'eval_loss' / 'eval_accuracy', so a task config's
+  supervised metric needs no flag when --config.objective=masked. `config`
+  is a ConfigDict or a run's saved config dict.
+  """
+  metric = config.get('best_metric', 'eval_accuracy')
+  if config.get('objective', 'supervised') == 'masked':
+    return _MASKED_COUNTERPART.get(metric, metric)
+  return metric
+
+
+def model_config(config, datasets, *,
+                 init_objective: Optional[str] = None) -> ModelConfig:
+  """config.model plus the fields the data decides (checked if given).
+
+  Args:
+    config: the experiment config, or a run's saved one as a ConfigDict.
+    datasets: what the data decides: `task`, `vocab_size`, `num_classes`
+      (a data.Datasets).
+    init_objective: the objective of the run `config.init_from` names (None:
+      none). Masked pretraining, and fine-tuning from it, add one token id
+      after the data's: the mask token.
+  """
+  fields = config.model.to_dict()
+  masked = config.objective == 'masked'
+  derived = {'vocab_size': datasets.vocab_size + (
+                 masked or init_objective == 'masked'),
+             'head': 'masked' if masked else HEAD_OF_TASK[datasets.task],
+             'max_len': config.data.max_len}
+  if datasets.task in ('classification', 'dual'):
+    derived['num_classes'] = datasets.num_classes
+  if datasets.task == 'seq2seq':
+    derived['target_len'] = config.data.target_max_len
+  for name, value in derived.items():
+    if fields.get(name) is not None and fields[name] != value:
+      raise ConfigError(f'model.{name}={fields[name]!r} but the data needs '
+                        f'{value!r}; leave it unset')
+    fields[name] = value
+  return ModelConfig.from_dict(fields)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad or unknown field."""
-  known = base_config()
-  unknown = sorted(set(config.keys()) - set(known.keys()))
-  if unknown:
-    raise ValueError(f'unknown config field(s) {unknown}')
-  if (isinstance(config.num_steps, bool) or not isinstance(config.num_steps, int)
-      or config.num_steps < 0):
-    raise ValueError(f'num_steps must be an integer >= 0 (0: evaluate only), '
-                     f'got {config.num_steps!r}')
-  if (isinstance(config.decode_examples, bool)
-      or not isinstance(config.decode_examples, int)
-      or config.decode_examples < 0):
-    raise ValueError(f'decode_examples must be an integer >= 0 (0: the whole '
-                     f'split), got {config.decode_examples!r}')
+  """Raises ConfigError (a ValueError) naming the first bad or unknown
+  field."""
+  _check_known(config, base_config())
+  _check_steps(config)
+  _check_optimizer(config)
+  _check_init(config)
+  _check_objective(config)
+  data.validate_data_config(config.data)
+  _check_model(config)
+
+
+def _check_known(config, known: ml_collections.ConfigDict) -> None:
+  for group, fields, known_fields in (
+      ('config', config, known), ('masking', config.masking, known.masking)):
+    unknown = sorted(set(fields.keys()) - set(known_fields.keys()))
+    if unknown:
+      raise ConfigError(f'unknown {group} field(s) {unknown}')
+
+
+def _check_steps(config) -> None:
+  """Step counts, cadences and sizes."""
+  checks.integer(config.seed, 'seed', minimum=0)
+  checks.integer(config.num_steps, 'num_steps', minimum=0,
+                 hint='(0: evaluate only)')
+  checks.integer(config.decode_examples, 'decode_examples', minimum=0,
+                 hint='(0: the whole split)')
   for name in _POSITIVE:
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    checks.integer(config[name], name)
+  warmup = checks.integer(config.warmup_steps, 'warmup_steps', minimum=0)
+  if warmup > config.num_steps:
+    raise ConfigError(f'warmup_steps must be in [0, num_steps], got {warmup}')
+
+
+def _check_optimizer(config) -> None:
+  """Schedule, AdamW, clipping, label smoothing and what trains."""
   if config.schedule not in optim.SCHEDULES:
-    raise ValueError(f'schedule must be one of {list(optim.SCHEDULES)}, got '
-                     f'{config.schedule!r}')
-  if config.warmup_steps < 0 or config.warmup_steps > config.num_steps:
-    raise ValueError(f'warmup_steps must be in [0, num_steps], got '
-                     f'{config.warmup_steps}')
-  if not config.learning_rate > 0:
-    raise ValueError(f'learning_rate must be > 0, got {config.learning_rate}')
-  for name in ('weight_decay', 'grad_clip_norm', 'label_smoothing',
-               'min_lr_ratio'):
-    if config[name] < 0:
-      raise ValueError(f'{name} must be >= 0, got {config[name]}')
-  if config.label_smoothing >= 1:
-    raise ValueError(f'label_smoothing must be < 1, got '
-                     f'{config.label_smoothing}')
-  if config.template_init not in ('kmeans', 'random'):
-    raise ValueError(f"template_init must be 'kmeans' or 'random', got "
-                     f'{config.template_init!r}')
+    raise ConfigError(f'schedule must be one of {list(optim.SCHEDULES)}, got '
+                      f'{config.schedule!r}')
+  checks.number(config.learning_rate, 'learning_rate', low_open=True)
+  for name in ('weight_decay', 'grad_clip_norm', 'min_lr_ratio'):
+    checks.number(config[name], name)
+  checks.number(config.label_smoothing, 'label_smoothing', high=1.0)
   if config.trainable not in optim.TRAINABLE:
-    raise ValueError(f'trainable must be one of {list(optim.TRAINABLE)}, got '
-                     f'{config.trainable!r}')
+    raise ConfigError(f'trainable must be one of {list(optim.TRAINABLE)}, got '
+                      f'{config.trainable!r}')
   if config.trainable != 'all' and config.model.attention_kind != 'templates':
-    raise ValueError("trainable='templates_and_head' needs "
-                     "model.attention_kind='templates'")
+    raise ConfigError("trainable='templates_and_head' needs "
+                      "model.attention_kind='templates'")
+
+
+def _check_init(config) -> None:
+  """Starting from another run."""
+  if config.template_init not in ('kmeans', 'random'):
+    raise ConfigError(f"template_init must be 'kmeans' or 'random', got "
+                      f'{config.template_init!r}')
   if config.init_from and not os.path.isdir(config.init_from):
-    raise ValueError(f'init_from={config.init_from!r} is not a directory')
-  if config.best_mode not in ('max', 'min'):
-    raise ValueError(f"best_mode must be 'max' or 'min', got "
-                     f'{config.best_mode!r}')
+    raise ConfigError(f'init_from={config.init_from!r} is not a directory')
+
+
+def _check_objective(config) -> None:
+  """The objective, its masking and the metric that ranks checkpoints."""
   if config.objective not in ('supervised', 'masked'):
-    raise ValueError(f"objective must be 'supervised' or 'masked', got "
-                     f'{config.objective!r}')
-  unknown = sorted(set(config.masking.keys()) - set(known.masking.keys()))
-  if unknown:
-    raise ValueError(f'unknown masking field(s) {unknown}')
+    raise ConfigError(f"objective must be 'supervised' or 'masked', got "
+                      f'{config.objective!r}')
   if config.masking.mode not in masking.MODES:
-    raise ValueError(f'masking.mode must be one of {list(masking.MODES)}, '
-                     f'got {config.masking.mode!r}')
-  if not 0 < config.masking.ratio < 1:
-    raise ValueError(f'masking.ratio must be in (0, 1), got '
-                     f'{config.masking.ratio}')
-  if (isinstance(config.masking.mean_span, bool)
-      or not isinstance(config.masking.mean_span, int)
-      or config.masking.mean_span < 1):
-    raise ValueError(f'masking.mean_span must be a positive integer, got '
-                     f'{config.masking.mean_span!r}')
-  if (config.objective == 'masked') != config.best_metric.startswith(
+    raise ConfigError(f'masking.mode must be one of {list(masking.MODES)}, '
+                      f'got {config.masking.mode!r}')
+  if not 0 < config.masking.ratio < 1:  # ConfigDict keeps it a float
+    raise ConfigError(f'masking.ratio must be in (0, 1), got '
+                      f'{config.masking.ratio!r}')
+  checks.integer(config.masking.mean_span, 'masking.mean_span')
+  if config.best_mode not in ('max', 'min'):
+    raise ConfigError(f"best_mode must be 'max' or 'min', got "
+                      f'{config.best_mode!r}')
+  if not config.best_metric.startswith('eval_'):
+    raise ConfigError(f"best_metric must be an eval metric ('eval_...'), got "
+                      f'{config.best_metric!r}')
+  if (config.objective == 'masked') != best_metric(config).startswith(
       'eval_masked_'):
-    raise ValueError(
+    raise ConfigError(
         f"best_metric={config.best_metric!r} does not fit objective="
         f"{config.objective!r}: masked runs report eval_masked_loss and "
-        f"eval_masked_accuracy, supervised runs the task's metrics")
-  if not config.best_metric.startswith('eval_'):
-    raise ValueError(f"best_metric must be an eval metric ('eval_...'), got "
-                     f'{config.best_metric!r}')
-  data.validate_data_config(config.data)
+        f"eval_masked_accuracy (eval_loss and eval_accuracy stand for them), "
+        f"supervised runs the task's metrics")
+
+
+def _check_model(config) -> None:
+  """Model fields; the data-derived ones get placeholders until the data
+  fixes them, so errors surface before data is built."""
   model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(config.model.keys()) - model_fields)
   if unknown:
-    raise ValueError(f'unknown model field(s) {unknown}')
-  # The model is fully checked once the data fixes vocab_size etc.; check the
-  # rest now with placeholders so errors surface before data is built.
+    raise ConfigError(f'unknown model field(s) {unknown}')
   fields = {'vocab_size': 2, 'max_len': config.data.max_len,
             **config.model.to_dict()}
   try:
     ModelConfig.from_dict(fields)
   except ValueError as error:
-    raise ValueError(f'model: {error}') from None
+    raise ConfigError(f'model: {error}') from None

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-METRICS_FILE = 'metrics.jsonl'
+from simmim_jax.training import run_dir
 
 
 class MetricLogger:
@@ -26,13 +26,14 @@ class MetricLogger:
     self.total_steps = total_steps
     self.progress = progress and self.enabled
     self._start = (start_step, time.perf_counter())
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = os.path.join(workdir, run_dir.METRICS_FILE)
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     _truncate_after(self.path, start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tensorboard = SummaryWriter(
+        os.path.join(workdir, run_dir.TENSORBOARD_DIR))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     """Appends one record {'step': step, **metrics} and the TB scalars."""
@@ -74,7 +75,7 @@ class MetricLogger:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of DIR/metrics.jsonl, in order."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, run_dir.METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
