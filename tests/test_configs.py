@@ -11,6 +11,7 @@ from simmim_jax.models import attention_maps
 from simmim_jax import build_model
 from simmim_jax import data
 from simmim_jax.inference import decoding
+from simmim_jax.training import run_dir
 from simmim_jax.training import experiment_config
 from simmim_jax import sweep
 from simmim_jax.training import train
@@ -87,13 +88,14 @@ def test_byte_lm_trains_and_reports_bits_per_byte(tmp_path):
   assert results['best']['value'] == min(
       results['best']['value'], bits)
   # experiments/generate.py's steps: the best checkpoint continues a prompt.
-  model, params, step = decoding.load_byte_lm(str(tmp_path / 'run'))
-  assert step == results['best']['step']
-  text = decoding.continue_text(model, params, 'def ', max_new_tokens=6)
+  run = run_dir.load_run(str(tmp_path / 'run'))
+  assert run.step == results['best']['step']
+  text = decoding.continue_text(run.model, run.params, 'def ',
+                                max_new_tokens=6)
   assert text.startswith('def ') and text == decoding.continue_text(
-      model, params, 'def ', max_new_tokens=6)
-  with pytest.raises(FileNotFoundError, match='holds no run'):
-    decoding.load_byte_lm(str(tmp_path))
+      run.model, run.params, 'def ', max_new_tokens=6)
+  with pytest.raises(FileNotFoundError, match='holds no finished run'):
+    run_dir.load_run(str(tmp_path))
 
 
 @pytest.fixture(scope='module')

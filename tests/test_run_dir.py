@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
-from simmim_jax.training import checkpoints
 from simmim_jax.training import run_dir
 from simmim_jax.training import steps
 from simmim_jax.training import train
@@ -45,9 +44,6 @@ def test_every_file_of_a_finished_run_is_named_by_run_dir(finished):
       run_dir.TENSORBOARD_DIR])
   assert run_dir.is_finished(workdir)
   assert run_dir.load_results(workdir)['step'] == 6
-  # The sweep reads these from checkpoints until it imports run_dir.
-  assert checkpoints.RESULTS_FILE == run_dir.RESULTS_FILE
-  assert checkpoints.load_config(workdir) == run_dir.load_config(workdir)
 
 
 def test_latest_is_the_final_state_and_scores_the_results(finished):

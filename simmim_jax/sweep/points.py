@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from simmim_jax import checks
 from simmim_jax.checks import ConfigError
-from simmim_jax.training import checkpoints
+from simmim_jax.training import run_dir
 from simmim_jax.training.experiment_config import validate_config
 
 # Config fields that change nothing a run computes; ignored when comparing
@@ -276,7 +276,7 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
 def config_mismatch(point: Point, directory: str) -> list[str]:
   """Fields where DIR/config.json differs from the point's config (empty if
   they agree or the directory has no config yet)."""
-  saved = checkpoints.load_config(directory)
+  saved = run_dir.load_config(directory)
   if saved is None:
     return []
   want = _comparable(json.loads(point.config.to_json_best_effort()))

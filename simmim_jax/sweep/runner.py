@@ -29,10 +29,9 @@ from simmim_jax import checks
 from simmim_jax.sweep import summary as sweep_summary
 from simmim_jax.sweep.points import Point
 from simmim_jax.sweep.points import config_mismatch
-from simmim_jax.training import checkpoints
+from simmim_jax.training import run_dir
 
 STATUS_FILE = 'sweep_status.json'  # the runner's record of a failed point
-LOG_FILE = 'train.log'
 
 
 # --- Running -----------------------------------------------------------------
@@ -40,11 +39,11 @@ LOG_FILE = 'train.log'
 def point_status(point: Point, workdir: str) -> str:
   """'done', 'failed', 'interrupted' (checkpoints, no results) or 'pending'."""
   directory = os.path.join(workdir, point.name)
-  if os.path.exists(os.path.join(directory, checkpoints.RESULTS_FILE)):
+  if os.path.exists(os.path.join(directory, run_dir.RESULTS_FILE)):
     return 'done'
   if os.path.exists(os.path.join(directory, STATUS_FILE)):
     return 'failed'
-  if os.path.isdir(os.path.join(directory, 'checkpoints')):
+  if os.path.isdir(run_dir.checkpoints_dir(directory)):
     return 'interrupted'
   return 'pending'
 
@@ -213,7 +212,7 @@ def _start(point: Point, workdir: str, share: dict[str, Any]):
   status = os.path.join(directory, STATUS_FILE)
   if os.path.exists(status):
     os.remove(status)
-  log_file = open(os.path.join(directory, LOG_FILE), 'a')
+  log_file = open(os.path.join(directory, run_dir.LOG_FILE), 'a')
   env = {**os.environ, **share.get('env', {})}
   cpus = share['cpus']
 
@@ -242,7 +241,7 @@ def _finished(point: Point, workdir: str, returncode: int, *,
     # done, or stopped by our SIGTERM (before training began, if killed)
     return point_status(point, workdir)
   return _record_failure(point, workdir,
-                         last_error(os.path.join(directory, LOG_FILE)),
+                         last_error(os.path.join(directory, run_dir.LOG_FILE)),
                          returncode)
 
 

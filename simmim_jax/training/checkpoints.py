@@ -125,13 +125,3 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
-
-def __getattr__(name: str) -> Any:
-  # The run directory's names and config file moved to run_dir.py;
-  # simmim_jax/sweep (points.py, runner.py) reads these from here until it
-  # imports run_dir. Imported late: run_dir imports this module.
-  if name in ('CONFIG_FILE', 'RESULTS_FILE', 'load_config'):
-    # pylint: disable-next=g-import-not-at-top
-    from simmim_jax.training import run_dir
-    return getattr(run_dir, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
