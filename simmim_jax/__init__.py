@@ -2,25 +2,18 @@
 
 # Before JAX starts its CPU threads: see allocator.py.
 from simmim_jax import allocator as _allocator
+
 _allocator.tune_malloc()
 
-from simmim_jax.ops.attention import cross_attention
-from simmim_jax.ops.attention import full_attention
-from simmim_jax.ops.attention import masked_softmax
-from simmim_jax.ops.attention import segment_attention
-from simmim_jax.ops.attention import segment_attention_weights
-from simmim_jax.ops.attention import segment_state_attention
-from simmim_jax.ops.attention import segment_state_weights
-from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.inference.decoding import decode_step
 from simmim_jax.inference.decoding import generate
 from simmim_jax.inference.decoding import init_cache
 from simmim_jax.inference.decoding import sample_logits
-from simmim_jax.ops.hierarchy import AGGREGATORS
-from simmim_jax.ops.hierarchy import aggregator_params_spec
-from simmim_jax.ops.hierarchy import hierarchical_aggregate
+from simmim_jax.inference.template_memory import apply_with_cache
+from simmim_jax.inference.template_memory import build_cache
 from simmim_jax.models.layers import GlobalPool
 from simmim_jax.models.layers import SMIBlock
+from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.models.models import CausalLM
 from simmim_jax.models.models import Classifier
 from simmim_jax.models.models import DualEncoderClassifier
@@ -28,8 +21,16 @@ from simmim_jax.models.models import Encoder
 from simmim_jax.models.models import MaskedModel
 from simmim_jax.models.models import Seq2Seq
 from simmim_jax.models.models import build_model
-from simmim_jax.inference.template_memory import apply_with_cache
-from simmim_jax.inference.template_memory import build_cache
+from simmim_jax.ops.attention import cross_attention
+from simmim_jax.ops.attention import full_attention
+from simmim_jax.ops.attention import masked_softmax
+from simmim_jax.ops.attention import segment_attention
+from simmim_jax.ops.attention import segment_attention_weights
+from simmim_jax.ops.attention import segment_state_attention
+from simmim_jax.ops.attention import segment_state_weights
+from simmim_jax.ops.hierarchy import AGGREGATORS
+from simmim_jax.ops.hierarchy import aggregator_params_spec
+from simmim_jax.ops.hierarchy import hierarchical_aggregate
 from simmim_jax.ops.template_learning import ema_kmeans_update
 from simmim_jax.ops.template_learning import quantize
 from simmim_jax.ops.template_learning import reseed_dead_templates

@@ -9,7 +9,6 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-
 # Elementwise and reduction primitives counted as one FLOP per element.
 _ELEMENTWISE = frozenset((
     'add', 'sub', 'mul', 'div', 'neg', 'max', 'min', 'abs', 'sign', 'exp',

@@ -15,20 +15,20 @@ import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple, Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import linen as nn
 
-from simmim_jax.ops import attention
 from simmim_jax.inference import decoding
 from simmim_jax.models import layers
 from simmim_jax.models import models
-from simmim_jax.training import steps
-from simmim_jax.ops import templates
 from simmim_jax.models.model_config import DTYPES
 from simmim_jax.models.model_config import FAMILIES
 from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.ops import attention
+from simmim_jax.ops import templates
+from simmim_jax.training import steps
 
 FORWARD = 'forward'
 BACKWARD = 'forward+backward'

@@ -22,22 +22,22 @@ import platform
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import optax
-from absl import logging
 
-from simmim_jax import allocator
 from experiments.benchmark import cases as cases
 from experiments.benchmark import report as benchmark_report
 from experiments.benchmark.report import Row
-from simmim_jax.models.model_config import FAMILIES
+from simmim_jax import allocator
 from simmim_jax.cost import compiled_cost
 from simmim_jax.cost import median_seconds
 from simmim_jax.cost import program_cost
+from simmim_jax.models.model_config import FAMILIES
 
 ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
             'MALLOC_ARENA_MAX', allocator.OPT_OUT, 'XLA_FLAGS')

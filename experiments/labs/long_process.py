@@ -25,18 +25,17 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-
-import simmim_jax  # first: sets malloc before JAX starts (allocator.py)
-from simmim_jax import allocator
-from experiments.benchmark import cases as cases
-from simmim_jax.training import metrics as metrics_lib
-from simmim_jax.training import run_dir
-from simmim_jax.training import train
-from experiments.configs import listops
-
 import jax  # pylint: disable=g-bad-import-order
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.benchmark import cases as cases
+from experiments.configs import listops
+import simmim_jax  # first: sets malloc before JAX starts (allocator.py)
+from simmim_jax import allocator
+from simmim_jax.training import metrics as metrics_lib
+from simmim_jax.training import run_dir
+from simmim_jax.training import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'output directory')
 _STEPS = flags.DEFINE_integer('steps', 5000, 'training steps in the process')

@@ -39,12 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import simmim_jax
-from simmim_jax import allocator
-from simmim_jax.ops import attention
 from experiments.benchmark import cases as benchmark_cases
 from experiments.benchmark import suite as benchmarks
-from simmim_jax.cost import jaxpr_flops, program_cost
+import simmim_jax
+from simmim_jax import allocator
+from simmim_jax.cost import jaxpr_flops
+from simmim_jax.cost import program_cost
+from simmim_jax.ops import attention
 
 _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')

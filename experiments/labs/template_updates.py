@@ -27,10 +27,10 @@ from ml_collections import config_flags
 import numpy as np
 
 from simmim_jax import data
+from simmim_jax.models.attention_maps import find_subtree
 from simmim_jax.training import distill
 from simmim_jax.training import run_dir
 from simmim_jax.training import train
-from simmim_jax.models.attention_maps import find_subtree
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'template model')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'study directory')

@@ -23,17 +23,17 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 
-from simmim_jax.ops import attention
 from simmim_jax import cost
+from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.models.models import build_model
+from simmim_jax.ops import attention
 from simmim_jax.ops import templates as templates_lib
 from simmim_jax.training import run_dir
 from simmim_jax.training import train
-from simmim_jax.models.model_config import ModelConfig
-from simmim_jax.models.models import build_model
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'original model')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'study directory')

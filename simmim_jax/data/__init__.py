@@ -18,3 +18,18 @@ from simmim_jax.data.pipeline import Datasets
 from simmim_jax.data.pipeline import create_datasets
 from simmim_jax.data.pipeline import default_data_config
 from simmim_jax.data.pipeline import validate_data_config
+
+__all__ = [
+    'ByteLm',
+    'StdlibDocstrings',
+    'LraListops',
+    'decode_listops',
+    'encode_listops',
+    'evaluate_listops',
+    'generate_listops',
+    'iter_listops',
+    'Datasets',
+    'create_datasets',
+    'default_data_config',
+    'validate_data_config',
+]

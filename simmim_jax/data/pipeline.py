@@ -13,9 +13,9 @@ import fcntl
 import os
 from typing import Any, Iterator, Optional
 
+from absl import logging
 import grain
 import ml_collections
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 

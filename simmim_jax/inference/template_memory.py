@@ -17,8 +17,8 @@ names keep "cache" for compatibility.
 
 from typing import Any
 
-import jax
 from flax import linen as nn
+import jax
 
 from simmim_jax.models.template_layer import TEMPLATE_MEMORY
 

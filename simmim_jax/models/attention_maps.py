@@ -7,11 +7,11 @@ recomputed from them with the same functions the model uses.
 
 from typing import Any, Optional
 
-import jax
 from flax import linen as nn
+import jax
 
-from simmim_jax.ops import attention
 from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.ops import attention
 
 
 def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,

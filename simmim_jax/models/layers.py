@@ -6,15 +6,15 @@ Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv',
 
 from typing import Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
+from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.models.template_layer import TemplateAttention
 from simmim_jax.ops import attention
 from simmim_jax.ops import decode_attention
 from simmim_jax.ops import hierarchy
-from simmim_jax.models.template_layer import TemplateAttention
-from simmim_jax.models.model_config import ModelConfig
 
 
 def dense_init(*axes: Optional[str]):

@@ -13,10 +13,10 @@
 import math
 from typing import Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from simmim_jax import checks
 from simmim_jax.models import layers

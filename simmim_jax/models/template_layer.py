@@ -4,13 +4,13 @@ See templates.py for the pure functions and template_learning.py for how the
 library learns; this module only holds the variables and calls them.
 """
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
+from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.ops import template_learning
 from simmim_jax.ops import templates as templates_lib
-from simmim_jax.models.model_config import ModelConfig
 
 # Collections of the template layer besides 'params' (see TemplateAttention).
 STATS = 'template_stats'

@@ -23,3 +23,20 @@ from simmim_jax.sweep.points import with_seeds
 from simmim_jax.sweep.points import zipped
 from simmim_jax.sweep.runner import point_status
 from simmim_jax.sweep.runner import run_sweep
+
+__all__ = [
+    'Point',
+    'after',
+    'config_mismatch',
+    'dry_run_commands',
+    'fine_tune',
+    'load_sweep',
+    'make_points',
+    'point_name',
+    'product',
+    'resolve_config',
+    'with_seeds',
+    'zipped',
+    'point_status',
+    'run_sweep',
+]

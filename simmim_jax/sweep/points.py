@@ -21,8 +21,8 @@ import re
 import shlex
 from typing import Any, Mapping, Optional, Sequence
 
-import ml_collections
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from simmim_jax import checks

@@ -9,11 +9,13 @@ import math
 from typing import Any, Optional, Sequence
 
 from absl import logging
+from flax import linen as nn
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
-from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'model')
 

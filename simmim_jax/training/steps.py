@@ -7,15 +7,15 @@ host between logging steps; `summarize` turns sums into means.
 import math
 from typing import Any, Callable, Optional
 
-import jax
-import jax.numpy as jnp
-import optax
 from flax import struct
 from flax import traverse_util
 from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
 
-from simmim_jax.ops import masking as masking_lib
 from simmim_jax.models import template_layer
+from simmim_jax.ops import masking as masking_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
