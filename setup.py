@@ -37,6 +37,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10',
+                 'ruff>=0.15', 'mypy>=1.10',
                  'nbformat>=5.10', 'ipykernel>=6.29'],
         'notebooks': ['jupyter'],
     },
