@@ -35,7 +35,8 @@ def main(argv):
                     zip(batch['label'], batch['weight']) if weight > 0)
     total = sum(counts.values())
     label, top = counts.most_common(1)[0]
-    shares = ', '.join(f'{k}: {v / total:.3f}' for k, v in sorted(counts.items()))
+    shares = ', '.join(f'{k}: {v / total:.3f}'
+                       for k, v in sorted(counts.items()))
     print(f'{split}: {total} examples; majority class {label} = '
           f'{top / total:.3f} accuracy; {shares}')
 

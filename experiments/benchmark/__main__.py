@@ -1,4 +1,4 @@
-r"""Runs the benchmark suite (experiments/benchmark/suite.py) and prints its tables.
+r"""Runs the benchmark suite (suite.py here) and prints its tables.
 
   python -m experiments.benchmark --out_dir=runs/benchmark \
       [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \

@@ -7,7 +7,8 @@ with sacrebleu BLEU and chrF against a most-frequent-target baseline.
 Variants: tiny (a few minutes on 2 CPU cores), small (CPU research size).
 
   python -m experiments.train --config=experiments/configs/docstrings.py:tiny \
-      --workdir=runs/docstrings_tiny --config.model.cross_attention=segment_states
+      --workdir=runs/docstrings_tiny \
+      --config.model.cross_attention=segment_states
 """
 
 import ml_collections

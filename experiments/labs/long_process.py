@@ -1,8 +1,9 @@
 r"""Does a long process slow down? Step time and page faults over one run.
 
-  python -m experiments.labs.long_process --workdir=runs/long_process [--steps=5000]
-  SIMMIM_JAX_TUNE_MALLOC=0 python -m experiments.labs.long_process ...  # glibc's
-                                                                   # defaults
+  python -m experiments.labs.long_process --workdir=runs/long_process \
+      [--steps=5000]
+  # with glibc's malloc defaults:
+  SIMMIM_JAX_TUNE_MALLOC=0 python -m experiments.labs.long_process ...
 
 In one process: `segment_attention` forward+backward at 8192 tokens, then a
 training run of --steps steps of `listops.py:tiny` (train_and_evaluate, in
@@ -75,8 +76,8 @@ def attention_calls(length: int, repeats: int) -> dict[str, float]:
 def fresh_process_round(length: int, repeats: int) -> dict[str, float]:
   """One `attention_calls` round in a new Python process."""
   output = subprocess.run(
-      [sys.executable, '-m', 'experiments.labs.long_process', '--attention_only',
-       f'--length={length}', f'--repeats={repeats}'],
+      [sys.executable, '-m', 'experiments.labs.long_process',
+       '--attention_only', f'--length={length}', f'--repeats={repeats}'],
       capture_output=True, text=True, check=True).stdout
   return json.loads(output.strip().splitlines()[-1])
 

@@ -14,7 +14,8 @@ segment_len does not divide (--tail), a third gives the rate of the batched
 `segment_attention`'s forward+backward spends its time.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
-  python -m experiments.labs.segment_attention_levers [--length=8192] [--repeats=7]
+  python -m experiments.labs.segment_attention_levers \
+      [--length=8192] [--repeats=7]
 
 `import simmim_jax` sets glibc's malloc for XLA (simmim_jax/allocator.py);
 SIMMIM_JAX_TUNE_MALLOC=0 runs with glibc's defaults instead.

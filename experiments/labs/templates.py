@@ -8,7 +8,8 @@ r"""The seed's attention-template study, end to end.
 3. Compare with the original: accuracy, inference time per example, attention
    FLOPs and peak memory (XLA's compiled cost), trainable-parameter fraction.
 
-  python -m experiments.labs.templates --config=experiments/configs/listops.py:tiny \
+  python -m experiments.labs.templates \
+      --config=experiments/configs/listops.py:tiny \
       --config.model.family=transformer --workdir=runs/templates
 
 Writes WORKDIR/templates.{json,md} and, with matplotlib, WORKDIR/templates.png.

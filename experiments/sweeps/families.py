@@ -1,6 +1,7 @@
 r"""The three families with everything else equal, over seeds.
 
-  python -m experiments.sweep --config=experiments/configs/listops.py:small_cpu \
+  python -m experiments.sweep \
+      --config=experiments/configs/listops.py:small_cpu \
       --sweep=experiments/sweeps/families.py[:SEEDS] --workdir=runs/families
 
 The variant is the number of seeds (default 3: seeds 0, 1, 2).

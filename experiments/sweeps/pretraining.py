@@ -1,9 +1,10 @@
 r"""Masked self-pretraining on the task's own inputs, then fine-tuning,
 against training from scratch (docs/pretraining.md).
 
-  python -m experiments.sweep --config=experiments/configs/listops.py:small_cpu \
-      --sweep=experiments/sweeps/pretraining.py:families --workdir=runs/pretraining \
-      --target=eval_accuracy:0.3
+  python -m experiments.sweep \
+      --config=experiments/configs/listops.py:small_cpu \
+      --sweep=experiments/sweeps/pretraining.py:families \
+      --workdir=runs/pretraining --target=eval_accuracy:0.3
 
 Variants (`NAME[:SEEDS]`):
   families  simmim and transformer, 3 seeds: pretrained for PRETRAIN_STEPS

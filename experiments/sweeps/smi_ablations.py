@@ -1,6 +1,7 @@
 r"""SimMIM's own switches, one at a time, against the config's defaults.
 
-  python -m experiments.sweep --config=experiments/configs/listops.py:small_cpu \
+  python -m experiments.sweep \
+      --config=experiments/configs/listops.py:small_cpu \
       --sweep=experiments/sweeps/smi_ablations.py[:SEEDS] \
       --workdir=runs/smi_ablations
 

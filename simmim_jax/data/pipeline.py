@@ -47,9 +47,9 @@ def default_data_config() -> ml_collections.ConfigDict:
                                   # 'stdlib_docstrings' | 'tfds'
       'builder_config': 'tiny',   # lra_listops: tiny|small|standard|lra_release
                                   # byte_lm, stdlib_docstrings: small|full
-      'data_dir': _optional_str(),           # TFDS data dir; None = TFDS default
-      'manual_dir': _optional_str(),         # lra_release TSVs (None: TFDS default,
-                                  # <data_dir>/downloads/manual)
+      'data_dir': _optional_str(),    # TFDS data dir; None = TFDS default
+      'manual_dir': _optional_str(),  # lra_release TSVs (None: TFDS default,
+                                      # <data_dir>/downloads/manual)
       'prepare': True,            # build lra_listops / byte_lm when absent
       'max_len': 128,             # pad / truncate every input to this
       'target_max_len': 128,      # seq2seq: pad / truncate targets (with

@@ -182,6 +182,8 @@ def sample_logits(logits: jax.Array, rng: Optional[jax.Array], *,
   """
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if rng is None:
+    raise ValueError('sampling (temperature > 0) needs an rng key')
   logits = logits.astype(jnp.float32) / temperature
   if top_k is not None:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -313,7 +315,8 @@ def _generate(model, params, prompt, lengths, rng, source, *, max_new_tokens,
     logits, cache = decode_step(model, params, cache, newest, positions)
     following = sample(logits, step)
     writing = active(positions, done)
-    tokens = decode_attention.write_slot(tokens, following, positions + 1, writing)
+    tokens = decode_attention.write_slot(tokens, following, positions + 1,
+                                         writing)
     if eos_id is not None:
       done = done | (writing & (following == eos_id))
     positions = jnp.where(writing, positions + 1, positions)

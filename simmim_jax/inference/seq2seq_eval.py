@@ -68,7 +68,8 @@ def most_frequent_target(datasets) -> tuple[str, int]:
 
 
 def test_report(model, params, datasets, split: str, limit: int,
-                workdir: Optional[str], num_samples: int = 20) -> dict[str, Any]:
+                workdir: Optional[str],
+                num_samples: int = 20) -> dict[str, Any]:
   """Scores on `split` plus the baseline's; writes DIR/samples.txt (unless
   workdir is None).
 

@@ -48,7 +48,8 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
   if config.uses_segment_states:
     states = blocks['state_merge']['states'][0][layer]
     merge = params['state_merge']
-    segment_mask = attention.segment_mask(mask, *tokens.shape, config.segment_len)
+    segment_mask = attention.segment_mask(mask, *tokens.shape,
+                                          config.segment_len)
     maps['state'] = attention.segment_state_weights(
         states, merge['w_q'][layer], merge['w_k'][layer], mask=segment_mask,
         causal=causal, exclude_self=config.exclude_self)

@@ -1,4 +1,4 @@
-"""Attention as pure functions: segment attention, segment-state attention, full.
+"""Attention as pure functions: segment, segment-state and full attention.
 
 Shapes follow one convention throughout:
   q, k, v: [batch, length, heads, head_dim]
@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from simmim_jax import checks
 
 
-def masked_softmax(scores: jax.Array, allowed: Optional[jax.Array]) -> jax.Array:
+def masked_softmax(scores: jax.Array,
+                   allowed: Optional[jax.Array]) -> jax.Array:
   """Softmax over the last axis, restricted to `allowed` entries.
 
   Args:
@@ -291,15 +292,17 @@ def _segment_attention_forward(q, k, v, mask, segment_len, causal,
   weights = tail_weights = None
   if layout.num_steps:
     def step(out, i):
-      step_out, step_weights = _step_forward(
-          *(_read_step(x, layout, i) for x in (q, k, v, mask)), causal)
+      step_q, step_k, step_v, step_mask = (
+          _read_step(x, layout, i) for x in (q, k, v, mask))
+      step_out, step_weights = _step_forward(step_q, step_k, step_v,
+                                             step_mask, causal)
       return _write_step(out, step_out, layout, i), step_weights
 
     out, weights = jax.lax.scan(step, out, jnp.arange(layout.num_steps))
   if layout.tail:
+    tail_q, tail_k, tail_v = (_read_tail(x, layout) for x in (q, k, v))
     tail_out, tail_weights = _step_forward(
-        *(_read_tail(x, layout) for x in (q, k, v)), _tail_mask(mask, layout),
-        causal)
+        tail_q, tail_k, tail_v, _tail_mask(mask, layout), causal)
     out = _write_tail(out, tail_out, layout)
   return out, (q, k, v, mask, weights, tail_weights)
 
@@ -360,8 +363,10 @@ def _segment_attention_backward(segment_len, causal, levers, residuals, d_out):
                                     barrier=levers.transpose_barrier)
   grads = _gradient_loop(step_backward, (q, k, v, d_out), weights, layout)
   if layout.tail:
-    tail_grads = step_backward(
-        *(_read_tail(x, layout) for x in (q, k, v, d_out)), tail_weights)
+    tail_q, tail_k, tail_v, tail_d_out = (
+        _read_tail(x, layout) for x in (q, k, v, d_out))
+    tail_grads = step_backward(tail_q, tail_k, tail_v, tail_d_out,
+                               tail_weights)
     grads = tuple(_write_tail(g, s, layout)
                   for g, s in zip(grads, tail_grads))
   return (*grads, None)  # the mask gets no gradient

@@ -120,7 +120,8 @@ def vq_losses(queries: jax.Array, templates: jax.Array,
     position is real.
   """
   templates_lib.check_against_templates(queries, 'queries', templates)
-  templates_lib.check_assignments(assignments, queries.shape[:3], templates.shape[1])
+  templates_lib.check_assignments(assignments, queries.shape[:3],
+                                  templates.shape[1])
   checks.mask(mask, queries.shape[:2])
   dtype = score_dtype(jnp.result_type(queries.dtype, templates.dtype))
   q = queries.astype(dtype)
@@ -157,7 +158,8 @@ def ema_kmeans_update(cluster_sizes: jax.Array, cluster_sums: jax.Array,
   Returns: (new_sizes, new_sums, new_templates [heads, K, head_dim]), typed
     as cluster_sizes, cluster_sums and cluster_sums.
   """
-  heads, num_templates, _ = templates_lib.check_templates(cluster_sums, 'cluster_sums')
+  heads, num_templates, _ = templates_lib.check_templates(cluster_sums,
+                                                          'cluster_sums')
   templates_lib.check_sizes(cluster_sizes, heads, num_templates)
   templates_lib.check_against_templates(queries, 'queries', cluster_sums)
   templates_lib.check_assignments(assignments, queries.shape[:3], num_templates)
@@ -170,9 +172,9 @@ def ema_kmeans_update(cluster_sizes: jax.Array, cluster_sums: jax.Array,
   counts = jnp.sum(one_hot, axis=(0, 1))  # [heads, K]
   sums = jnp.einsum('blhk,blhd->hkd', one_hot, q,
                     precision=jax.lax.Precision.HIGHEST)
-  decay = jnp.asarray(decay, dtype)
-  new_sizes = decay * cluster_sizes.astype(dtype) + (1 - decay) * counts
-  new_sums = decay * cluster_sums.astype(dtype) + (1 - decay) * sums
+  kept = jnp.asarray(decay, dtype)  # the old statistics' share
+  new_sizes = kept * cluster_sizes.astype(dtype) + (1 - kept) * counts
+  new_sums = kept * cluster_sums.astype(dtype) + (1 - kept) * sums
   total = jnp.sum(new_sizes, axis=-1, keepdims=True)
   smoothed = ((new_sizes + _EMA_EPSILON)
               / (total + num_templates * _EMA_EPSILON) * total)

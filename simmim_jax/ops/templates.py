@@ -131,7 +131,8 @@ def segment_template_outputs(templates: jax.Array, k: jax.Array, v: jax.Array,
   """
   segment_len = checks.integer(segment_len, 'segment_len')
   check_keys(templates, k, v, mask)
-  key_mask = segment_key_mask(mask, *k.shape[:2], segment_len)
+  batch, length = k.shape[:2]
+  key_mask = segment_key_mask(mask, batch, length, segment_len)
   return _outputs(templates, split_segments(k, segment_len),
                   split_segments(v, segment_len), key_mask)
 

@@ -91,7 +91,7 @@ def reference(value: Any) -> Optional[str]:
   return None
 
 
-# --- Points --------------------------------------------------------------------
+# --- Points -------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Point:
@@ -181,8 +181,9 @@ def _seedless(name: str) -> str:
   return re.sub(r'-?seed=[^-]*(-[0-9a-f]{8})?$', '', name)
 
 
-def resolve_config(config_spec: str,
-                   overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
+def resolve_config(
+    config_spec: str,
+    overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
   """The config `experiments.train --config=SPEC --config.k=v ...` builds,
   parsed by the same flag code."""
   argv = ['sweep', f'--config={config_spec}',
@@ -211,7 +212,8 @@ def make_points(config_spec: str, sweep_points: Sequence[Mapping[str, Any]],
     if both:
       raise ConfigError(f'{label}: {both} set both by the point and by '
                         '--config. flags; set it in one place')
-    texts = [*base_overrides, *((k, cli_value(v)) for k, v in overrides.items())]
+    texts = [*base_overrides,
+             *((k, cli_value(v)) for k, v in overrides.items())]
     try:
       # No progress bar: points write to log files.
       config = resolve_config(config_spec, [*texts, ('progress', 'False')])

@@ -75,7 +75,8 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
   replicated instead, with a warning naming the parameter.
   """
   specs = nn.get_partition_spec(abstract_boxed_state)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
+  shardings = nn.logical_to_mesh_sharding(specs, mesh,
+                                          [tuple(r) for r in rules])
   by_path = dict(jax.tree_util.tree_leaves_with_path(
       shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
 
