@@ -3,11 +3,11 @@
 import dataclasses
 
 import chex
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 import simmim_jax
 from simmim_jax import ModelConfig
@@ -57,14 +57,16 @@ def test_padding_with_masked_tokens_changes_nothing(rng, family, aggregator):
 
 def _input_gradients(model, params, tokens):
   """[length_out, length_in]: |d output_t / d embedding_j| summed."""
-  perturbations = model.apply(params, tokens,
-                              mutable='perturbations')[1]['perturbations']
+  perturbations = jax.jit(lambda params: model.apply(
+      params, tokens, mutable='perturbations'))(params)[1]['perturbations']
 
   def output_norms(p):
     logits = model.apply({**params, 'perturbations': p}, tokens)
     return logits[0].sum(axis=-1)  # [length]
 
-  jac = jax.jacrev(output_norms)(perturbations)['encoder']['embeddings']
+  # Jitted: one program instead of every operation compiled on its own.
+  jac = jax.jit(jax.jacrev(output_norms))(perturbations)['encoder'][
+      'embeddings']
   return np.abs(np.asarray(jac[:, 0])).sum(axis=-1)  # [out, in]
 
 
@@ -95,12 +97,13 @@ def test_states_carry_information_between_segments(rng, family):
   model = simmim_jax.Encoder(cfg)
   tokens = _tokens(rng, 1, 16)
   params = _init(model, tokens)['params']
-  zeros = model.apply({'params': params}, tokens, mutable='perturbations')[1]
+  zeros = jax.jit(lambda params: model.apply(
+      {'params': params}, tokens, mutable='perturbations'))(params)[1]
 
   def out(p):
     return model.apply({'params': params, **p}, tokens)[0, :4].sum()
 
-  grad = jax.grad(out)(zeros)['perturbations']['embeddings'][0]
+  grad = jax.jit(jax.grad(out))(zeros)['perturbations']['embeddings'][0]
   other_segments = np.abs(np.asarray(grad[4:])).sum()
   assert (other_segments > 0) == (family == 'simmim')
 
@@ -133,7 +136,8 @@ class JitTest(chex.TestCase):
     tokens = _tokens(rng, 2, 30)
     mask = jnp.arange(30)[None].repeat(2, 0) < jnp.asarray([[30], [17]])
     params = _init(model, tokens, mask)
-    want = model.apply(params, tokens, mask)
+    # Jitted; the variant without jit is the one compared with it.
+    want = jax.jit(model.apply)(params, tokens, mask)
     got = self.variant(model.apply)(params, tokens, mask)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -272,7 +276,8 @@ def test_attention_maps(rng, family, head):
   tokens = _tokens(rng, 2, 14)
   mask = jnp.arange(14)[None] < jnp.asarray([[14], [9]])
   params = _init(model, tokens, mask)
-  maps = attention_maps(model, params, tokens, mask, layer=1)
+  maps = jax.jit(lambda params, tokens, mask: attention_maps(
+      model, params, tokens, mask, layer=1))(params, tokens, mask)
   segment = np.asarray(maps['segment'])
   if family == 'transformer':
     assert segment.shape == (2, 1, 4, 14, 14) and maps['state'] is None

@@ -31,8 +31,9 @@ def test_layer_forward_is_hard_template_attention(rng, family):
              for _ in range(3))
   mask = jnp.arange(21)[None] < jnp.asarray([[21], [13]])
   layer = TemplateAttention(cfg)
-  params = nn.unbox(layer.init(jax.random.key(0), q, k, v, mask)['params'])
-  got = layer.apply({'params': params}, q, k, v, mask)
+  params = nn.unbox(jax.jit(layer.init)(jax.random.key(0), q, k, v,
+                                        mask)['params'])
+  got = jax.jit(layer.apply)({'params': params}, q, k, v, mask)
   library = params['library']
   assignments = simmim_jax.assign_templates(q, library)
   if family == 'transformer':
@@ -51,14 +52,15 @@ def test_task_gradient_reaches_queries_and_vq_library(rng, update):
   model = simmim_jax.Classifier(cfg)
   tokens = jnp.asarray(rng.integers(0, 17, (2, 30)), jnp.int32)
   params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
-  grads = nn.unbox(jax.grad(
-      lambda p: model.apply({'params': p}, tokens).sum())(params))
+  grads = nn.unbox(jax.jit(jax.grad(
+      lambda p: model.apply({'params': p}, tokens).sum()))(params))
   attention_grads = grads['encoder']['blocks']['attention']
   assert float(jnp.abs(attention_grads['query']['kernel']).sum()) > 0
   library_grad = float(jnp.abs(attention_grads['templates']['library']).sum())
   # EMA k-means moves the library itself; only VQ trains it by gradient.
   assert (library_grad > 0) == (update == 'vq')
-  _, aux = model.apply({'params': params}, tokens, mutable=['losses'])
+  _, aux = jax.jit(lambda p: model.apply({'params': p}, tokens,
+                                         mutable=['losses']))(params)
   (loss,) = aux['losses']['encoder']['blocks']['attention']['templates'][
       'templates']
   assert loss.shape == (2,) and np.all(np.asarray(loss) > 0)  # per layer
@@ -92,11 +94,12 @@ def test_template_config_errors():
 def _layer_step(cfg, library, q, k, v, mask, seed=0):
   """One training-mode call of the template layer: (stats, library update)."""
   layer = TemplateAttention(cfg)
-  variables = layer.init(jax.random.key(0), q, k, v, mask)
+  variables = jax.jit(layer.init)(jax.random.key(0), q, k, v, mask)
   variables = {**variables, 'params': {'library': library}}
-  _, updated = layer.apply(variables, q, k, v, mask,
-                           rngs={'templates': jax.random.key(seed)},
-                           mutable=['template_stats', 'param_updates'])
+  _, updated = jax.jit(lambda variables, key: layer.apply(
+      variables, q, k, v, mask, rngs={'templates': key},
+      mutable=['template_stats', 'param_updates']))(
+          variables, jax.random.key(seed))
   return updated['template_stats'], updated['param_updates']['library']
 
 
@@ -157,7 +160,8 @@ def test_train_steps_update_library_and_stats(rng, update):
   batch = {'tokens': jnp.asarray(rng.integers(0, 17, (4, 24)), jnp.int32),
            'mask': jnp.arange(24)[None].repeat(4, 0) < 20,
            'label': jnp.asarray([0, 1, 1, 0]), 'weight': jnp.ones(4)}
-  variables = model.init(jax.random.key(0), batch['tokens'], batch['mask'])
+  variables = jax.jit(model.init)(jax.random.key(0), batch['tokens'],
+                                  batch['mask'])
   state = steps.TrainState.create(
       apply_fn=model.apply, params=nn.unbox(variables['params']),
       tx=optax.adamw(1e-3, mask=optim.decay_mask),
@@ -193,11 +197,14 @@ def test_layer_cache_answers_new_queries_from_the_context(rng, family):
   context = [_normal(rng, (2, 21, 4, 8)) for _ in range(3)]
   mask = jnp.arange(21)[None] < jnp.asarray([[21], [13]])
   layer = TemplateAttention(cfg)
-  params = nn.unbox(layer.init(jax.random.key(0), *context, mask)['params'])
-  _, cache = layer.apply({'params': params}, *context, mask,
-                         mutable=['template_memory'])
+  params = nn.unbox(jax.jit(layer.init)(jax.random.key(0), *context,
+                                        mask)['params'])
+  _, cache = jax.jit(lambda p, *context: layer.apply(
+      {'params': p}, *context, mask, mutable=['template_memory']))(
+          params, *context)
   new_q, new_k, new_v = (_normal(rng, (2, 16, 4, 8)) for _ in range(3))
-  got = layer.apply({'params': params, **cache}, new_q, new_k, new_v, None)
+  got = jax.jit(layer.apply)({'params': params, **cache}, new_q, new_k, new_v,
+                             None)
   library = params['library']
   _, k, v = context
   if family == 'transformer':
