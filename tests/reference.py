@@ -53,7 +53,8 @@ def cross_attention(q, k, v, key_mask=None):
 
 def segment_state_attention(states, w_q, w_k, w_v, mask=None, causal=False,
                             exclude_self=True):
-  s, w_q, w_k, w_v = (np.asarray(a, np.float64) for a in (states, w_q, w_k, w_v))
+  s, w_q, w_k, w_v = (np.asarray(a, np.float64)
+                      for a in (states, w_q, w_k, w_v))
   batch, num_segments, _ = s.shape
   key_dim = w_q.shape[1]
   mask = (np.ones((batch, num_segments), bool) if mask is None
@@ -110,7 +111,8 @@ def attention_pair(params, left, right):
   for h in range(heads):
     scores = [query[h] @ (node @ key[:, h]) / math.sqrt(head_dim)
               for node in (left, right)]
-    pooled = _softmax_weighted(scores, [left @ value[:, h], right @ value[:, h]])
+    pooled = _softmax_weighted(scores,
+                               [left @ value[:, h], right @ value[:, h]])
     result += pooled @ out[h]
   return result
 
@@ -130,7 +132,8 @@ def hierarchical_aggregate(nodes, params, aggregator, mask=None,
 
   def reduce(level_nodes, level):
     # level_nodes: list of (vector or None for a masked node).
-    if len(level_nodes) == 1 or (num_levels is not None and level == num_levels):
+    if len(level_nodes) == 1 or (num_levels is not None
+                                 and level == num_levels):
       real = [n for n in level_nodes if n is not None]
       return np.mean(real, axis=0) if real else np.zeros(nodes.shape[-1])
     level_params = ({n: p[level] for n, p in params.items()} if per_level
