@@ -1,4 +1,5 @@
-"""segment_attention, segment_state_attention, full_attention vs float64 loops."""
+"""segment_attention, segment_state_attention and full_attention against
+float64 loops."""
 
 import chex
 import jax

@@ -1,4 +1,5 @@
-"""Every experiment config variant is valid; LM and pair tasks train end to end."""
+"""Every experiment config variant is valid; LM and pair tasks train end to
+end."""
 
 import glob
 import importlib.util
@@ -7,13 +8,13 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from simmim_jax.models import attention_maps
 from simmim_jax import build_model
 from simmim_jax import data
-from simmim_jax.inference import decoding
-from simmim_jax.training import run_dir
-from simmim_jax.training import experiment_config
 from simmim_jax import sweep
+from simmim_jax.inference import decoding
+from simmim_jax.models import attention_maps
+from simmim_jax.training import experiment_config
+from simmim_jax.training import run_dir
 from simmim_jax.training import train
 from tests import imdb_like  # noqa: F401  (registers imdb_like)
 

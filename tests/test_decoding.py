@@ -85,8 +85,8 @@ def test_greedy_generate_picks_the_arg_max_of_the_parallel_pass(
   logits = np.asarray(forward(out))
   for row, length in enumerate(lengths):
     previous = logits[row, length - 1:-1]  # predicts positions length..22
-    chosen = np.take_along_axis(previous, np.asarray(out[row, length:])[:, None],
-                                axis=1)[:, 0]
+    chosen = np.take_along_axis(
+        previous, np.asarray(out[row, length:])[:, None], axis=1)[:, 0]
     assert np.all(chosen >= previous.max(axis=1) - 1e-4), (row, chosen)
 
 

@@ -3,16 +3,16 @@ in) and template-only fine-tuning."""
 
 import os
 
+from flax import linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
-from flax import traverse_util
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
-from simmim_jax.training import distill
 from simmim_jax.models import models
+from simmim_jax.training import distill
 from simmim_jax.training import optim
 from simmim_jax.training import train
 from tests import train_worker
@@ -79,7 +79,8 @@ def test_distil_then_fine_tune_only_templates_and_head(tmp_path, data_dir,
   source_dir, source_state = source_run
   target_dir = str(tmp_path / 'target')
   config = train_worker.small_config(
-      data_dir, num_steps=3, init_from=source_dir, trainable='templates_and_head',
+      data_dir, num_steps=3, init_from=source_dir,
+      trainable='templates_and_head',
       distill_queries=500, **{'model.attention_kind': 'templates',
                               'model.num_templates': 4})
   state, results = train.train_and_evaluate(config, target_dir)

@@ -298,6 +298,7 @@ def test_template_attention_trains_with_its_vq_loss(tmp_path, data_dir):
 
 def test_seq2seq_run_scores_generation_against_a_baseline(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from experiments.configs import docstrings  # pylint: disable=g-import-not-at-top
   from tests import translation_like  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / 'tfds')
