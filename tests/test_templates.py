@@ -178,8 +178,8 @@ def test_causal_template_attention_float64_and_causality(rng):
     templates, q, k, v = _inputs(rng, 1, 19, dtype=np.float64)
     mask = _ragged_mask(rng, 1, 19)
     assignments = simmim_jax.assign_templates(q, templates)
-    attend = lambda k, v: simmim_jax.causal_template_attention(
-        templates, assignments, k, v, mask=mask, segment_len=8)
+    attend = jax.jit(lambda k, v: simmim_jax.causal_template_attention(
+        templates, assignments, k, v, mask=mask, segment_len=8))
     got = attend(k, v)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(
@@ -188,8 +188,8 @@ def test_causal_template_attention_float64_and_causality(rng):
         rtol=1e-12, atol=1e-12)
     # Output t has zero gradient w.r.t. every key and value after t.
     t = 6  # in the first segment of 8, with later keys in the same segment
-    grads = jax.grad(lambda k, v: attend(k, v)[0, t].sum(),
-                     argnums=(0, 1))(k, v)
+    grads = jax.jit(jax.grad(lambda k, v: attend(k, v)[0, t].sum(),
+                             argnums=(0, 1)))(k, v)
     for g in grads:
       assert np.all(np.asarray(g)[0, t + 1:] == 0)
 
@@ -198,11 +198,15 @@ def test_one_template_per_query_is_causal_attention(rng):
   _, q, k, v = _inputs(rng, 1, 21)
   mask = _ragged_mask(rng, 1, 21)
   templates, assignments = _queries_as_templates(q)
+  # Jitted: one program per call instead of each operation compiled alone.
   for segment_len, want in (
-      (None, simmim_jax.full_attention(q, k, v, mask=mask, causal=True)),
-      (8, simmim_jax.segment_attention(q, k, v, 8, mask=mask, causal=True))):
-    got = simmim_jax.causal_template_attention(
-        templates, assignments, k, v, mask=mask, segment_len=segment_len)
+      (None, jax.jit(lambda q, k, v: simmim_jax.full_attention(
+          q, k, v, mask=mask, causal=True))(q, k, v)),
+      (8, jax.jit(lambda q, k, v: simmim_jax.segment_attention(
+          q, k, v, 8, mask=mask, causal=True))(q, k, v))):
+    got = jax.jit(lambda a, k, v: simmim_jax.causal_template_attention(
+        a, assignments, k, v, mask=mask, segment_len=segment_len))(
+            templates, k, v)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
