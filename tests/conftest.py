@@ -21,12 +21,13 @@ os.environ['XLA_FLAGS'] = ' '.join(
 # One compilation cache per test run, shared by both test processes and the
 # subprocesses they start: the many small training runs, restarts after
 # kill -9 and sweep points compile the same programs. Every run starts empty,
-# so each program is still compiled at least once per run.
+# so each program is still compiled at least once per run. Every program is
+# kept, however quick to compile: a restarted run's many small ones add up.
 # The controller sets it before it starts the test processes, which inherit it.
 _CACHE = os.environ.setdefault('SIMMIM_JAX_TEST_COMPILE_CACHE', os.path.join(
     tempfile.gettempdir(), f'simmim_jax_test_compile_cache_{os.getpid()}'))
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
