@@ -25,7 +25,7 @@ def main(argv):
   datasets = data.create_datasets(
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed)
-  if datasets.task == 'lm':
+  if datasets.task not in ('classification', 'dual'):
     raise checks.ConfigError(f'data_stats needs a classification task; '
                              f'{config.data.name} is a {datasets.task!r} task')
   for split in datasets.eval_splits:

@@ -22,8 +22,10 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                           'experiments', 'configs')
 VARIANTS = {'listops': ('tiny', 'small', 'small_cpu', 'small_cpu_masked',
                         'lra', 'lra_cpu'),
-            'byte_lm': ('tiny', 'small'), 'tfds_text': ('lra', 'tiny'),
-            'docstrings': ('tiny', 'small')}
+            'byte_lm': ('tiny', 'small'), 'tfds_text': ('tiny',),
+            'docstrings': ('tiny', 'small'), 'mqar': ('tiny', 'cpu', 'zoology'),
+            'lra_text': ('lra', 'lra_cpu'), 'lra_image': ('lra', 'lra_cpu'),
+            'lra_retrieval': ('lra', 'lra_cpu')}
 
 
 def _load(name):
@@ -97,6 +99,16 @@ def test_byte_lm_trains_and_reports_bits_per_byte(tmp_path):
       run.model, run.params, 'def ', max_new_tokens=6)
   with pytest.raises(FileNotFoundError, match='holds no finished run'):
     run_dir.load_run(str(tmp_path))
+
+
+def test_mqar_trains_and_reports_query_accuracy(tmp_path):
+  config = _shrink(_load('mqar').get_config('tiny'), str(tmp_path / 'tfds'),
+                   builder_config='L64_kv4_v64_n64')
+  config.test_split = ''
+  _, results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  accuracy = results['final']['eval_query_accuracy']
+  assert 0 <= accuracy <= 1 and 'eval_accuracy' not in results['final']
+  assert results['best']['value'] == max(results['best']['value'], accuracy)
 
 
 @pytest.fixture(scope='module')

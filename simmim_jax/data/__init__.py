@@ -1,9 +1,9 @@
-"""Data layer: ListOps, a byte-level LM corpus, stdlib docstrings (seq2seq)
-and any TFDS dataset.
+"""Data layer: ListOps, MQAR, a byte-level LM corpus, stdlib docstrings
+(seq2seq) and any TFDS dataset.
 
-Importing this package registers the TFDS builders `lra_listops`, `byte_lm`
-and `stdlib_docstrings`, so `tfds.builder('lra_listops/tiny',
-data_dir=...)` works offline.
+Importing this package registers the TFDS builders of catalog.py
+(`lra_listops`, `mqar`, `byte_lm`, `stdlib_docstrings`, ...), so
+`tfds.builder('lra_listops/tiny', data_dir=...)` works offline.
 """
 
 from simmim_jax.data.byte_corpus import ByteLm
@@ -14,6 +14,8 @@ from simmim_jax.data.listops import encode_listops
 from simmim_jax.data.listops import evaluate_listops
 from simmim_jax.data.listops import generate_listops
 from simmim_jax.data.listops import iter_listops
+from simmim_jax.data.mqar import Mqar
+from simmim_jax.data.mqar import generate_mqar
 from simmim_jax.data.pipeline import Datasets
 from simmim_jax.data.pipeline import create_datasets
 from simmim_jax.data.pipeline import default_data_config
@@ -28,6 +30,8 @@ __all__ = [
     'evaluate_listops',
     'generate_listops',
     'iter_listops',
+    'Mqar',
+    'generate_mqar',
     'Datasets',
     'create_datasets',
     'default_data_config',

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simmim_jax import checks
+from simmim_jax.data import manual_files
 
 OPERATORS = ('[MIN', '[MAX', '[MED', '[SM')
 END = ']'
@@ -258,7 +259,9 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     config = self.builder_config
     if config.release:
-      paths = _release_paths(dl_manager)
+      paths = manual_files.release_paths(
+          dl_manager, 'lra_listops/lra_release', "LRA's ListOps files",
+          RELEASE_FILES, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
       return {s: self._release_examples(paths[s]) for s in SPLITS}
     # Test, then validation, then train, sharing one `seen` set so no source
     # is in two splits; only the two small splits are held in memory.
@@ -294,19 +297,3 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
         source = normalize_release_source(row[0])
         encode_listops(source)  # unknown symbols fail here, not in training
         yield line, {'source': source, 'target': int(row[1])}
-
-
-def _release_paths(dl_manager) -> dict[str, str]:
-  """Paths of LRA's TSV files in manual_dir, or a clear error."""
-  try:
-    manual_dir = dl_manager.manual_dir
-  except AssertionError as e:
-    raise checks.MissingPathError(
-        f'lra_listops/lra_release needs LRA\'s ListOps files: {e}') from None
-  paths = {s: manual_dir / name for s, name in RELEASE_FILES.items()}
-  missing = [str(p) for p in paths.values() if not p.exists()]
-  if missing:
-    raise checks.MissingPathError(
-        f'lra_listops/lra_release: missing {", ".join(missing)}. '
-        + LraListops.MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return {s: str(p) for s, p in paths.items()}

@@ -1,7 +1,7 @@
 """Input pipelines: TFDS array-record datasets -> padded numpy batches.
 
-`create_datasets(config, ...)` reads `lra_listops`, `byte_lm`,
-`stdlib_docstrings` or any TFDS dataset prepared in array-record format (no
+`create_datasets(config, ...)` reads the local datasets of catalog.py
+(ListOps, MQAR, ...) or any TFDS dataset prepared in array-record format (no
 TensorFlow needed) and returns an infinite, seeded, per-process grain loader
 for training plus finite padded passes for evaluation. Token id 0 is
 padding; real ids are >= 1.
@@ -21,18 +21,9 @@ import tensorflow_datasets as tfds
 
 from simmim_jax import checks
 from simmim_jax.checks import ConfigError
-from simmim_jax.data import byte_corpus
-from simmim_jax.data import docstrings
+from simmim_jax.data import catalog
 from simmim_jax.data import listops
-
-NAMES = ('lra_listops', 'byte_lm', 'stdlib_docstrings', 'tfds')
-ENCODINGS = ('bytes', 'ids')
-BYTE_VOCAB_SIZE = 257  # byte b -> id b + 1
-# seq2seq targets: start token, target ids, end token; both after the ids.
-TARGET_SPECIAL_TOKENS = 2
-_LOCAL_BUILDERS = {'lra_listops': listops.LraListops,
-                   'byte_lm': byte_corpus.ByteLm,
-                   'stdlib_docstrings': docstrings.StdlibDocstrings}
+from simmim_jax.data.catalog import Spec
 
 
 def _optional_str():
@@ -43,10 +34,11 @@ def _optional_str():
 def default_data_config() -> ml_collections.ConfigDict:
   """The `data` sub-config with every field at its default."""
   return ml_collections.ConfigDict({
-      'name': 'lra_listops',      # 'lra_listops' | 'byte_lm' |
-                                  # 'stdlib_docstrings' | 'tfds'
+      'name': 'lra_listops',      # a name of catalog.NAMES, e.g.
+                                  # 'lra_listops', 'mqar', 'tfds'
       'builder_config': 'tiny',   # lra_listops: tiny|small|standard|lra_release
                                   # byte_lm, stdlib_docstrings: small|full
+                                  # mqar: e.g. L128_kv8_v256 (mqar.py)
       'data_dir': _optional_str(),    # TFDS data dir; None = TFDS default
       'manual_dir': _optional_str(),  # lra_release TSVs (None: TFDS default,
                                       # <data_dir>/downloads/manual)
@@ -68,40 +60,17 @@ def default_data_config() -> ml_collections.ConfigDict:
       'target_key': _optional_str(),         # set: task 'seq2seq', input ->
                                   # this feature (set label_key=None)
       'num_classes': 0,           # 0: from the label's ClassLabel feature
-      'encoding': 'bytes',        # 'bytes': text as utf-8; 'ids': int sequence
+      'encoding': 'bytes',        # 'bytes': text as utf-8; 'ids': int arrays
+                                  # (an image row by row)
       'vocab_size': 0,            # 'ids': values in [0, vocab_size), id = v + 1
   })
-
-
-@dataclasses.dataclass
-class _Spec:
-  """What one dataset's examples hold and how they become tokens."""
-  task: str                 # 'classification' | 'dual' | 'lm' | 'seq2seq'
-  vocab_size: int           # including pad id 0 (and seq2seq's specials)
-  num_classes: int          # 0 for 'lm'
-  encoding: str             # 'listops' | 'bytes' | 'ids'
-  input_key: str
-  other_input_key: Optional[str]
-  label_key: Optional[str]
-  target_key: Optional[str] = None
-
-  @property
-  def start_id(self) -> Optional[int]:
-    """seq2seq: the token every target starts with (end_id ends it)."""
-    if self.target_key is None:
-      return None
-    return self.vocab_size - TARGET_SPECIAL_TOKENS
-
-  @property
-  def end_id(self) -> Optional[int]:
-    return None if self.target_key is None else self.vocab_size - 1
 
 
 class _Encode(grain.transforms.Map):
   """TFDS example -> `tokens`, `mask`[, `other_*`][, `label`][, `targets`,
   `target_mask`], `weight`."""
 
-  def __init__(self, spec: _Spec, max_len: int, target_max_len: int = 0):
+  def __init__(self, spec: Spec, max_len: int, target_max_len: int = 0):
     self.spec = spec
     self.max_len = max_len
     self.target_max_len = target_max_len
@@ -120,9 +89,10 @@ class _Encode(grain.transforms.Map):
       ids = np.frombuffer(value, np.uint8).astype(np.int32) + 1
     else:
       values = np.asarray(value)
-      if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f'encoding "ids" needs 1-D integer features, got '
+      if values.ndim < 1 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f'encoding "ids" needs integer arrays, got '
                          f'dtype {values.dtype} shape {values.shape}')
+      values = values.reshape(-1)  # an image's pixels row by row
       low, high = (values.min(), values.max()) if values.size else (0, 0)
       if low < 0 or high >= spec.vocab_size - 1:
         bad = low if low < 0 else high
@@ -139,6 +109,17 @@ class _Encode(grain.transforms.Map):
                           [self.spec.end_id]]).astype(np.int32)
     return _pad(ids, self.target_max_len)
 
+  def position_targets(self, value: Any) -> np.ndarray:
+    """recall: the id to predict at each input position, 0 = not scored
+    (the data's -1; pad id 0 is never a target)."""
+    values = np.asarray(value).astype(np.int32)[:self.max_len]
+    targets = np.zeros(self.max_len, np.int32)
+    targets[:len(values)] = np.where(values >= 0, values + 1, 0)
+    if targets.max(initial=0) >= self.spec.vocab_size:
+      raise ValueError(f'target id {targets.max() - 1} outside [0, '
+                       f'vocab_size={self.spec.vocab_size - 1})')
+    return targets
+
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     spec = self.spec
     out = {}
@@ -152,9 +133,11 @@ class _Encode(grain.transforms.Map):
         raise ValueError(f'label {label} outside [0, num_classes='
                          f'{spec.num_classes})')
       out['label'] = np.int32(label)
-    if spec.target_key is not None:
+    if spec.task == 'seq2seq':
       out['targets'], out['target_mask'] = self.padded_target(
           element[spec.target_key])
+    if spec.task == 'recall':
+      out['targets'] = self.position_targets(element[spec.target_key])
     out['weight'] = np.float32(1.0)
     return out
 
@@ -183,8 +166,9 @@ class Datasets:
   `tokens` int32 [B, max_len] (0 = pad), `mask` bool [B, max_len] (True =
   real token), `weight` float32 [B] (0 = padding example) and, by task,
   `label` int32 [B] (classification, dual), `other_tokens`, `other_mask`
-  (dual), and `targets` int32 [B, target_max_len], `target_mask` (seq2seq:
-  start_id, the target's ids, end_id).
+  (dual), `targets` int32 [B, target_max_len], `target_mask` (seq2seq:
+  start_id, the target's ids, end_id), and `targets` int32 [B, max_len]
+  (recall: the id to predict at each position, 0 where none is scored).
   """
   task: str
   vocab_size: int
@@ -296,8 +280,9 @@ def validate_data_config(config: Any) -> ml_collections.ConfigDict:
   # a bad value into a TypeError that does not say which field is wrong.
   cfg = ml_collections.ConfigDict(
       {**defaults.to_dict(), **{k: config[k] for k in config.keys()}})
-  if cfg.name not in NAMES:
-    raise ConfigError(f'data.name must be one of {NAMES}, got {cfg.name!r}')
+  if cfg.name not in catalog.NAMES:
+    raise ConfigError(
+        f'data.name must be one of {catalog.NAMES}, got {cfg.name!r}')
   checks.integer(cfg.max_len, 'data.max_len')
   checks.integer(cfg.target_max_len, 'data.target_max_len')
   checks.integer(cfg.worker_count, 'data.worker_count', minimum=0)
@@ -311,9 +296,9 @@ def validate_data_config(config: Any) -> ml_collections.ConfigDict:
     if not cfg.dataset or not isinstance(cfg.dataset, str):
       raise ConfigError('data.dataset must name a TFDS dataset when '
                         f'data.name is "tfds", got {cfg.dataset!r}')
-    if cfg.encoding not in ENCODINGS:
-      raise ConfigError(
-          f'data.encoding must be one of {ENCODINGS}, got {cfg.encoding!r}')
+    if cfg.encoding not in catalog.ENCODINGS:
+      raise ConfigError(f'data.encoding must be one of {catalog.ENCODINGS}, '
+                        f'got {cfg.encoding!r}')
     if cfg.encoding == 'ids':
       checks.integer(cfg.vocab_size, 'data.vocab_size')
     checks.integer(cfg.num_classes, 'data.num_classes', minimum=0)
@@ -324,15 +309,9 @@ def validate_data_config(config: Any) -> ml_collections.ConfigDict:
     if cfg.target_key is not None and cfg.target_max_len < 2:
       raise ConfigError(f'data.target_max_len must hold the start and end '
                         f'tokens (>= 2), got {cfg.target_max_len}')
-  elif cfg.builder_config not in _builder_configs(cfg.name):
-    raise ConfigError(
-        f'data.builder_config must be one of {_builder_configs(cfg.name)} '
-        f'for {cfg.name}, got {cfg.builder_config!r}')
+  else:
+    catalog.builder_config(cfg.name, cfg.builder_config)
   return cfg
-
-
-def _builder_configs(name: str) -> tuple[str, ...]:
-  return tuple(c.name for c in _LOCAL_BUILDERS[name].BUILDER_CONFIGS)
 
 
 @contextlib.contextmanager
@@ -348,10 +327,12 @@ def _quiet_absl():
 
 def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The prepared builder; built first when allowed, else a clear error."""
-  local = cfg.name in _LOCAL_BUILDERS
+  local = cfg.name in catalog.LOCAL_BUILDERS
   name = f'{cfg.name}/{cfg.builder_config}' if local else cfg.dataset
   try:
-    builder = tfds.builder(name, data_dir=cfg.data_dir)
+    builder = (catalog.local_builder(cfg.name, cfg.builder_config,
+                                     cfg.data_dir)
+               if local else tfds.builder(name, data_dir=cfg.data_dir))
   except tfds.core.registered.DatasetNotFoundError:
     raise checks.MissingPathError(
         f'TFDS dataset {name!r} is not registered (import the module defining '
@@ -368,7 +349,8 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                              f'.{name.replace("/", "_")}.lock')
     with open(lock_path, 'w') as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
-      builder = tfds.builder(name, data_dir=cfg.data_dir)
+      builder = catalog.local_builder(cfg.name, cfg.builder_config,
+                                      cfg.data_dir)
       if not builder.is_prepared():
         builder.download_and_prepare(
             file_format='array_record',
@@ -376,10 +358,9 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                 manual_dir=cfg.manual_dir))
     return builder
   if local:
-    command = (f"python -c \"import simmim_jax.data, tensorflow_datasets as "
-               f"tfds; tfds.builder('{name}', "
-               f"data_dir='{builder.data_dir_root}')"
-               f".download_and_prepare()\"")
+    command = (f"python -c \"from simmim_jax.data import catalog; "
+               f"catalog.local_builder('{cfg.name}', '{cfg.builder_config}', "
+               f"'{builder.data_dir_root}').download_and_prepare()\"")
     hint = f'set data.prepare=True or build it with: {command}'
   else:
     hint = (f'prepare it where it can be downloaded, e.g. `tfds build {name} '
@@ -387,40 +368,6 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
             f'{builder.data_dir_root}')
   raise checks.MissingPathError(
       f'dataset {name} is not prepared in {builder.data_dir}; {hint}')
-
-
-def _spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> _Spec:
-  if cfg.name == 'lra_listops':
-    return _Spec('classification', listops.VOCAB_SIZE, listops.NUM_CLASSES,
-                 'listops', 'source', None, 'target')
-  if cfg.name == 'byte_lm':
-    return _Spec('lm', BYTE_VOCAB_SIZE, 0, 'bytes', 'text', None, None)
-  if cfg.name == 'stdlib_docstrings':
-    return _Spec('seq2seq', BYTE_VOCAB_SIZE + TARGET_SPECIAL_TOKENS, 0,
-                 'bytes', 'source', None, None, 'target')
-  features = info.features
-  for field in ('input_key', 'other_input_key', 'label_key', 'target_key'):
-    key = cfg[field]
-    if key is not None and key not in features:
-      raise ConfigError(f'data.{field}={key!r} is not a feature of '
-                        f'{cfg.dataset}; features: {sorted(features.keys())}')
-  num_classes = 0
-  if cfg.label_key is not None:
-    num_classes = cfg.num_classes or getattr(
-        features[cfg.label_key], 'num_classes', 0)
-    if not num_classes:
-      raise ConfigError(f'data.num_classes must be set: feature '
-                        f'{cfg.label_key!r} is not a ClassLabel')
-  task = ('seq2seq' if cfg.target_key is not None else
-          'lm' if cfg.label_key is None else
-          'classification' if cfg.other_input_key is None else 'dual')
-  if task == 'lm' and cfg.other_input_key is not None:
-    raise ConfigError('data.other_input_key needs a data.label_key (dual task)')
-  vocab = BYTE_VOCAB_SIZE if cfg.encoding == 'bytes' else cfg.vocab_size + 1
-  if task == 'seq2seq':
-    vocab += TARGET_SPECIAL_TOKENS
-  return _Spec(task, vocab, num_classes, cfg.encoding, cfg.input_key,
-               cfg.other_input_key, cfg.label_key, cfg.target_key)
 
 
 def _split_name(split: str, field: str, info: tfds.core.DatasetInfo) -> str:
@@ -472,7 +419,7 @@ def create_datasets(config: ml_collections.ConfigDict, *,
     raise ValueError(f'seed must be < 2**32 (grain), got {seed}')
 
   builder = _builder(cfg)
-  spec = _spec(cfg, builder.info)
+  spec = catalog.spec(cfg, builder.info)
   train_split = _split_name(cfg.train_split, 'data.train_split', builder.info)
   eval_splits = tuple(_split_name(s, 'data.eval_splits', builder.info)
                       for s in cfg.eval_splits)

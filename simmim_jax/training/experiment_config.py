@@ -15,10 +15,12 @@ import ml_collections
 from simmim_jax import checks
 from simmim_jax import data
 from simmim_jax.checks import ConfigError
+from simmim_jax.data import catalog
 from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.ops import masking
 from simmim_jax.training import optim
 from simmim_jax.training import sharding
+from simmim_jax.training import steps
 
 # Model fields the trainer fills in from the data (see `model_config`).
 DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
@@ -26,13 +28,15 @@ DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
 
 # The head each data task trains (masked pretraining: head 'masked').
 HEAD_OF_TASK = {'classification': 'classifier', 'dual': 'dual_encoder',
-                'lm': 'lm', 'seq2seq': 'seq2seq'}
+                'lm': 'lm', 'seq2seq': 'seq2seq', 'recall': 'lm'}
 _POSITIVE = ('batch_size', 'eval_batch_size', 'log_every',
              'eval_every', 'checkpoint_every', 'keep_checkpoints',
              'distill_queries')
-# A masked run reports these metrics of the masked tokens instead.
-_MASKED_COUNTERPART = {'eval_loss': 'eval_masked_loss',
-                       'eval_accuracy': 'eval_masked_accuracy'}
+# A masked run reports its loss and accuracy over the masked tokens, and a
+# recall run (MQAR) over the query positions, under these names.
+_COUNTERPART = {
+    kind: {f'eval_{m}': f'eval_{prefix}{m}' for m in ('loss', 'accuracy')}
+    for kind, prefix in steps.METRIC_PREFIX.items()}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -104,14 +108,17 @@ def _overridable(field: dataclasses.Field):
 def best_metric(config) -> str:
   """The eval metric that ranks a run's checkpoints.
 
-  `config.best_metric` as the objective reads it: a masked run ranks by the
+  `config.best_metric` as the run reads it: a masked run ranks by the
   masked counterpart of 'eval_loss' / 'eval_accuracy', so a task config's
-  supervised metric needs no flag when --config.objective=masked. `config`
-  is a ConfigDict or a run's saved config dict.
+  supervised metric needs no flag when --config.objective=masked; a recall
+  run (MQAR) by the query positions' ones. `config` is a ConfigDict or a
+  run's saved config dict.
   """
   metric = config.get('best_metric', 'eval_accuracy')
   if config.get('objective', 'supervised') == 'masked':
-    return _MASKED_COUNTERPART.get(metric, metric)
+    return _COUNTERPART['masked'].get(metric, metric)
+  if config['data']['name'] in catalog.RECALL_DATASETS:
+    return _COUNTERPART['recall'].get(metric, metric)
   return metric
 
 

@@ -96,12 +96,16 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
   Classification counts examples (weighted by `weight`); the LM counts
   predicted tokens: token t+1 is predicted from tokens <= t where both are real
   (seq2seq: the same over `targets`, teacher-forced); 'masked' (see
-  masked_batch) counts the chosen positions.
+  masked_batch) counts the chosen positions, and 'recall' the positions whose
+  `targets` id is not 0 (output t, from tokens <= t, predicts it).
   """
   tokens = batch['mask'] * batch['weight'][:, None]
   if task == 'masked':
     labels = batch['targets']
     weights = batch['chosen'] * batch['weight'][:, None]
+  elif task == 'recall':
+    labels = batch['targets']
+    weights = (labels > 0) * batch['weight'][:, None]
   elif task in ('lm', 'seq2seq'):
     sequence, mask = ((batch['targets'], batch['target_mask'])
                       if task == 'seq2seq' else
@@ -125,6 +129,8 @@ def metric_sums(logits: jax.Array, batch: Batch, task: str,
   }
 
 
+# Tasks whose loss and accuracy count only some positions name them so.
+METRIC_PREFIX = {'masked': 'masked_', 'recall': 'query_'}
 SUM_NAMES = ('loss_sum', 'nll_sum', 'correct_sum', 'count', 'tokens')
 
 
@@ -220,9 +226,10 @@ def make_eval_step(apply_fn: Callable, task: str,
 
 
 def summarize(sums: dict[str, float], task: str) -> dict[str, float]:
-  """Means from accumulated sums: loss, accuracy, and bits per byte (LM)."""
+  """Means from accumulated sums: loss, accuracy, and bits per byte (LM);
+  'masked' and 'recall' name them masked_* and query_*."""
   count = max(float(sums['count']), 1.0)
-  prefix = 'masked_' if task == 'masked' else ''
+  prefix = METRIC_PREFIX.get(task, '')
   out = {f'{prefix}loss': float(sums['loss_sum']) / count,
          f'{prefix}accuracy': float(sums['correct_sum']) / count}
   if 'baseline_correct_sum' in sums:

@@ -132,9 +132,9 @@ def _check_and_log(loop: _Loop, write: bool) -> None:
       step_seconds=seconds / max(float(sums['steps']), 1.0),
       tokens_per_second=float(sums['tokens']) / seconds)
   loop.logger.write(loop.step, train_metrics)
-  masked = 'masked_' if loop.run.masking_spec is not None else ''
+  prefix = steps.METRIC_PREFIX.get(loop.run.step_task, '')
   loop.logger.show_progress(loop.step,
-                            {'loss': train_metrics[f'train_{masked}loss']})
+                            {'loss': train_metrics[f'train_{prefix}loss']})
   loop.reset_window()
 
 
