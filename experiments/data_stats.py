@@ -1,7 +1,10 @@
-r"""Label distribution of a classification config's eval split, and the
-accuracy of always answering the majority class (the chance baseline).
+r"""Label distribution of a classification config's eval splits, and the
+accuracy of always answering the majority class (the chance baseline); for
+MQAR, how far the queries sit from their keys and the share in their key's
+segment.
 
   python -m experiments.data_stats --config=experiments/configs/listops.py:tiny
+  python -m experiments.data_stats --config=experiments/configs/mqar.py:tiny
 """
 
 import collections
@@ -9,10 +12,12 @@ import collections
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+import numpy as np
 
 from experiments import cli
 from simmim_jax import checks
 from simmim_jax import data
+from simmim_jax.data import mqar
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config')
 flags.mark_flag_as_required('config')
@@ -25,9 +30,13 @@ def main(argv):
   datasets = data.create_datasets(
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed)
+  if datasets.task == 'recall':
+    _recall_stats(config)
+    return
   if datasets.task not in ('classification', 'dual'):
-    raise checks.ConfigError(f'data_stats needs a classification task; '
-                             f'{config.data.name} is a {datasets.task!r} task')
+    raise checks.ConfigError(f'data_stats needs a classification or recall '
+                             f'task; {config.data.name} is a '
+                             f'{datasets.task!r} task')
   for split in datasets.eval_splits:
     counts = collections.Counter()
     for batch in datasets.eval_batches(split):
@@ -39,6 +48,26 @@ def main(argv):
                        for k, v in sorted(counts.items()))
     print(f'{split}: {total} examples; majority class {label} = '
           f'{top / total:.3f} accuracy; {shares}')
+
+
+def _recall_stats(config) -> None:
+  """MQAR: how far queries sit from their keys, and the share that
+  attention inside segments of model.segment_len alone can answer."""
+  setting = mqar.parse_config(config.data.builder_config)
+  for split in ('validation', 'test'):
+    tokens, targets = mqar.generate_mqar(
+        setting.num_examples[mqar.SPLITS.index(split)],
+        seq_len=setting.seq_len, num_kv_pairs=setting.num_kv_pairs,
+        vocab_size=setting.vocab_size, power_a=setting.power_a,
+        seed=mqar.split_seed(setting.seed, split))
+    queries, keys = mqar.query_key_positions(tokens, targets,
+                                             setting.num_kv_pairs)
+    share = mqar.same_segment_share(tokens, targets, setting.num_kv_pairs,
+                                    config.model.segment_len)
+    print(f'{split}: {len(queries)} queries; key-to-query distance mean '
+          f'{np.mean(queries - keys):.1f}, median '
+          f'{np.median(queries - keys):.0f} tokens; {share:.3f} in their '
+          f"key's segment (segment_len {config.model.segment_len})")
 
 
 if __name__ == '__main__':

@@ -25,7 +25,8 @@ VARIANTS = {'listops': ('tiny', 'small', 'small_cpu', 'small_cpu_masked',
             'byte_lm': ('tiny', 'small'), 'tfds_text': ('tiny',),
             'docstrings': ('tiny', 'small'), 'mqar': ('tiny', 'cpu', 'zoology'),
             'lra_text': ('lra', 'lra_cpu'), 'lra_image': ('lra', 'lra_cpu'),
-            'lra_retrieval': ('lra', 'lra_cpu')}
+            'lra_retrieval': ('lra', 'lra_cpu'),
+            'pathfinder': ('lra', 'pathx_lra', 'lra_cpu')}
 
 
 def _load(name):

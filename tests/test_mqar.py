@@ -114,3 +114,16 @@ def test_recall_metrics_count_only_the_queries():
   summary = steps.summarize(sums, 'recall')
   assert summary['query_accuracy'] == pytest.approx(2 / 3)
   assert set(summary) == {'query_loss', 'query_accuracy'}
+
+
+def test_same_segment_share_counts_queries_by_their_keys_segment():
+  tokens, targets = data.generate_mqar(200, seq_len=64, num_kv_pairs=4,
+                                       vocab_size=64, seed=0)
+  same = total = 0
+  for row, target in zip(tokens, targets):
+    for t in np.flatnonzero(target >= 0):
+      key_at = int(np.flatnonzero(row[:8:2] == row[t])[0]) * 2
+      same += key_at // 16 == t // 16
+      total += 1
+  assert mqar.same_segment_share(tokens, targets, 4, 16) == same / total
+  assert mqar.same_segment_share(tokens, targets, 4, 64) == 1.0

@@ -179,7 +179,9 @@ def _sweep_command(sweep_file, workdir, data_dir):
           '--config.eval_batch_size=200', '--config.num_steps=8',
           '--config.warmup_steps=1', '--config.log_every=2',
           '--config.eval_every=4', '--config.checkpoint_every=4',
-          '--config.data.eval_splits=("validation",)', '--config.test_split=']
+          '--config.data.eval_splits=("validation",)', '--config.test_split=',
+          # One device per point (not data parallel over the 8 fake ones).
+          '--config.mesh.shape=(1,1)']
 
 
 def _wait_for(predicate, process, timeout=240):

@@ -24,7 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _worker_env(devices: int = 1) -> dict[str, str]:
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # conftest.py's flags (its quick compiles: a worker compiles more than its
+  # few steps run), with `devices` CPU devices.
+  env['XLA_FLAGS'] = ' '.join(
+      [flag for flag in env.get('XLA_FLAGS', '').split()
+       if not flag.startswith('--xla_force_host_platform_device_count=')] +
+      [f'--xla_force_host_platform_device_count={devices}'])
   env['PYTHONPATH'] = ROOT
   return env
 
@@ -315,6 +320,7 @@ def test_seq2seq_run_scores_generation_against_a_baseline(tmp_path):
   config.update(batch_size=8, eval_batch_size=8, num_steps=4, warmup_steps=1,
                 log_every=2, eval_every=4, checkpoint_every=4,
                 decode_examples=0, progress=False)
+  config.mesh.shape = (1, 1)
   _, results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert {'eval_loss', 'eval_accuracy', 'eval_bleu', 'eval_chrf'} <= set(
       results['final'])

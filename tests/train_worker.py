@@ -36,6 +36,9 @@ def small_config(data_dir: str, **overrides):
   config.checkpoint_every = 2
   config.test_split = ''
   config.progress = False
+  # One device: the mesh tests set mesh.shape themselves; data parallel over
+  # the 8 fake CPU devices would compile and run 8 partitions of every step.
+  config.mesh.shape = (1, 1)
   for name, value in overrides.items():
     target = config
     *parents, leaf = name.split('.')
@@ -52,10 +55,13 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
 def main(argv):
   workdir, data_dir, num_steps = argv[1], argv[2], int(argv[3])
+  mesh_shape = (1, 1)
   if len(argv) > 4:  # multi-process: coordinator address, process id, count
     sharding.initialize_distributed(argv[4], num_processes=int(argv[6]),
                                     process_id=int(argv[5]))
-  config = small_config(data_dir, num_steps=num_steps)
+    mesh_shape = (-1, 1)  # data parallel over every process's devices
+  config = small_config(data_dir, num_steps=num_steps,
+                        **{'mesh.shape': mesh_shape})
   state, results = train.train_and_evaluate(config, workdir)
   print('RESULTS', results, flush=True)
   if not results.get('preempted'):

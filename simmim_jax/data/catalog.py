@@ -18,6 +18,7 @@ from simmim_jax.data import listops
 from simmim_jax.data import lra_image
 from simmim_jax.data import lra_retrieval
 from simmim_jax.data import mqar
+from simmim_jax.data import pathfinder
 
 BYTE_VOCAB_SIZE = 257  # byte b -> id b + 1
 # seq2seq targets: start token, target ids, end token; both after the ids.
@@ -27,7 +28,8 @@ LOCAL_BUILDERS = {'lra_listops': listops.LraListops,
                   'stdlib_docstrings': docstrings.StdlibDocstrings,
                   'mqar': mqar.Mqar,
                   'lra_image': lra_image.LraImage,
-                  'lra_retrieval': lra_retrieval.LraRetrieval}
+                  'lra_retrieval': lra_retrieval.LraRetrieval,
+                  'lra_pathfinder': pathfinder.LraPathfinder}
 PIXEL_VOCAB_SIZE = 257  # 8-bit pixel v -> id v + 1 (so black is not padding)
 NAMES = (*LOCAL_BUILDERS, 'tfds')
 RECALL_DATASETS = ('mqar',)  # task 'recall': metrics name query_*
@@ -104,6 +106,9 @@ def spec(cfg: ml_collections.ConfigDict, info: tfds.core.DatasetInfo
   if cfg.name == 'stdlib_docstrings':
     return Spec('seq2seq', BYTE_VOCAB_SIZE + TARGET_SPECIAL_TOKENS, 0,
                 'bytes', 'source', target_key='target')
+  if cfg.name == 'lra_pathfinder':
+    return Spec('classification', PIXEL_VOCAB_SIZE, 2, 'ids', 'image',
+                label_key='label')
   if cfg.name == 'lra_image':
     return Spec('classification', PIXEL_VOCAB_SIZE,
                 len(lra_image.CLASS_NAMES), 'ids', 'image', label_key='label')

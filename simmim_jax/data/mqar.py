@@ -95,6 +95,23 @@ def generate_mqar(num_examples: int, *, seq_len: int, num_kv_pairs: int,
   return tokens, targets
 
 
+def query_key_positions(tokens: np.ndarray, targets: np.ndarray,
+                        num_kv_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+  """(query positions, their keys' positions), flat over the examples of
+  tokens, targets [examples, seq_len] as generate_mqar returns them."""
+  rows, queries = np.nonzero(targets >= 0)
+  keys = tokens[rows, :2 * num_kv_pairs:2] == tokens[rows, queries][:, None]
+  return queries, 2 * np.argmax(keys, axis=1)
+
+
+def same_segment_share(tokens: np.ndarray, targets: np.ndarray,
+                       num_kv_pairs: int, segment_len: int) -> float:
+  """The share of queries in their key's segment: what attention inside
+  segments alone can answer."""
+  queries, keys = query_key_positions(tokens, targets, num_kv_pairs)
+  return float(np.mean(queries // segment_len == keys // segment_len))
+
+
 def split_seed(seed: int, split: str) -> int:
   """A seed of its own per split, derived from the builder seed."""
   digest = hashlib.sha256(f'mqar/{seed}/{split}'.encode()).digest()

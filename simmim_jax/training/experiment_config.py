@@ -117,7 +117,7 @@ def best_metric(config) -> str:
   metric = config.get('best_metric', 'eval_accuracy')
   if config.get('objective', 'supervised') == 'masked':
     return _COUNTERPART['masked'].get(metric, metric)
-  if config['data']['name'] in catalog.RECALL_DATASETS:
+  if (config.get('data') or {}).get('name') in catalog.RECALL_DATASETS:
     return _COUNTERPART['recall'].get(metric, metric)
   return metric
 
