@@ -28,8 +28,24 @@ def _tokens(rng, batch, length, vocab=17):
   return jnp.asarray(rng.integers(0, vocab, size=(batch, length)), jnp.int32)
 
 
+def _fill(path, leaf):
+  """A seeded random array of leaf's shape; the seed is its name, so equally
+  named parameters of two variants are equal."""
+  seed = zlib.crc32(jax.tree_util.keystr(path).encode())
+  return np.random.default_rng(seed).normal(
+      scale=0.3, size=leaf.shape).astype(leaf.dtype)
+
+
 def _init(model, *args):
-  return jax.jit(model.init)(jax.random.key(0), *args)
+  """{'params': random parameters of the shapes model.init gives}.
+
+  jax.eval_shape compiles nothing: model.init's initialisers compile about
+  3x longer than an apply does, and these tests check the apply, not the
+  initial values (every test that trains runs model.init). The other
+  collections init makes are only read by an apply that may change them.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)['params']
+  return {'params': jax.tree_util.tree_map_with_path(_fill, shapes)}
 
 
 # Each family once and each aggregator once: pooling does not depend on the
@@ -44,42 +60,70 @@ def test_padding_with_masked_tokens_changes_nothing(rng, family, aggregator):
   mask = jnp.arange(41)[None].repeat(2, 0) < 22
   params = _init(classifier, padded, mask)
 
-  @jax.jit
   def encode_and_classify(t, m):
     outputs = classifier.apply(params, t, m,
                                method=lambda mdl, t, m: mdl.encoder(t, m))
     return outputs, classifier.apply(params, t, m)
 
-  outputs, logits = encode_and_classify(tokens, None)
-  padded_outputs, padded_logits = encode_and_classify(padded, mask)
+  # One program (one compile) for both lengths.
+  (outputs, logits), (padded_outputs, padded_logits) = jax.jit(
+      lambda: (encode_and_classify(tokens, None),
+               encode_and_classify(padded, mask)))()
   np.testing.assert_allclose(outputs, padded_outputs[:, :22], atol=2e-5)
   np.testing.assert_allclose(logits, padded_logits, atol=2e-5)
 
 
-def _input_gradients(model, params, tokens):
-  """[length_out, length_in]: |d output_t / d embedding_j| summed."""
-  perturbations = jax.jit(lambda params: model.apply(
-      params, tokens, mutable='perturbations'))(params)[1]['perturbations']
-
-  def output_norms(p):
-    logits = model.apply({**params, 'perturbations': p}, tokens)
-    return logits[0].sum(axis=-1)  # [length]
-
-  # Jitted: one program instead of every operation compiled on its own.
-  jac = jax.jit(jax.jacrev(output_norms))(perturbations)['encoder'][
-      'embeddings']
-  return np.abs(np.asarray(jac[:, 0])).sum(axis=-1)  # [out, in]
+def _zero_perturbations(model, params, *args):
+  """The 'perturbations' an apply creates (zeros), from their shapes alone:
+  jax.eval_shape compiles nothing."""
+  shapes = jax.eval_shape(lambda params: model.apply(
+      params, *args, mutable='perturbations'), params)[1]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                      shapes['perturbations'])
 
 
-@pytest.mark.parametrize('attention_kind', ['softmax', 'templates'])
+def _input_gradients(models, tokens):
+  """[length_out, length_in] per model: |d output_t / d embedding_j| summed.
+
+  Every model's Jacobian in one jitted program: one compile, not one per
+  model (nor every operation compiled on its own). Each model gets its own
+  parameters: nothing of one model's computation is shared with another's.
+  """
+  def jacobian(model, params, perturbations):
+    def output_norms(p):
+      logits = model.apply({**params, 'perturbations': p}, tokens)
+      return logits[0].sum(axis=-1)  # [length]
+    return jax.jacrev(output_norms)(perturbations)['encoder']['embeddings']
+
+  all_params = [_init(model, tokens) for model in models]
+  jacobians = jax.jit(lambda all_params, all_perturbations: [
+      jacobian(*args) for args in zip(models, all_params,
+                                      all_perturbations)])(
+          all_params, [_zero_perturbations(model, params, tokens)
+                       for model, params in zip(models, all_params)])
+  return [np.abs(np.asarray(jac[:, 0])).sum(axis=-1)  # [out, in]
+          for jac in jacobians]
+
+
+ATTENTION_KINDS = ('softmax', 'templates')
+
+
+@pytest.fixture(scope='module')
+def lm_influences():
+  """{(family, attention_kind): _input_gradients of its CausalLM} on 18
+  tokens: 4 full segments and a partial one."""
+  tokens = _tokens(np.random.default_rng(0), 1, 18)
+  cases = [(family, kind) for family in FAMILIES for kind in ATTENTION_KINDS]
+  models = [simmim_jax.CausalLM(_config(
+      family=family, head='lm', num_layers=2, attention_kind=kind,
+      num_templates=3)) for family, kind in cases]
+  return dict(zip(cases, _input_gradients(models, tokens)))
+
+
+@pytest.mark.parametrize('attention_kind', ATTENTION_KINDS)
 @pytest.mark.parametrize('family', FAMILIES)
-def test_lm_is_causal_by_gradients(rng, family, attention_kind):
-  cfg = _config(family=family, head='lm', num_layers=2,
-                attention_kind=attention_kind, num_templates=3)
-  lm = simmim_jax.CausalLM(cfg)
-  tokens = _tokens(rng, 1, 18)  # 4 full segments and a partial one
-  params = _init(lm, tokens)
-  influence = _input_gradients(lm, params, tokens)
+def test_lm_is_causal_by_gradients(lm_influences, family, attention_kind):
+  influence = lm_influences[family, attention_kind]
   future = np.triu(np.ones_like(influence, bool), k=1)
   assert np.all(influence[future] == 0.0), 'an output depends on the future'
   assert np.all(np.diag(influence) > 0)
@@ -98,8 +142,8 @@ def test_states_carry_information_between_segments(rng, family):
   model = simmim_jax.Encoder(cfg)
   tokens = _tokens(rng, 1, 16)
   params = _init(model, tokens)['params']
-  zeros = jax.jit(lambda params: model.apply(
-      {'params': params}, tokens, mutable='perturbations'))(params)[1]
+  zeros = {'perturbations': _zero_perturbations(
+      model, {'params': params}, tokens)}
 
   def out(p):
     return model.apply({'params': params, **p}, tokens)[0, :4].sum()
@@ -117,30 +161,38 @@ def test_remat_equals_no_remat(rng, head):
   remat_model = simmim_jax.build_model(dataclasses.replace(cfg, remat=True))
   params = _init(model, tokens)
 
-  def loss_and_grad(m):
-    return jax.jit(jax.value_and_grad(lambda p: m.apply(p, tokens).sum()))(
-        params)
+  def loss_and_grad(m, params, tokens):
+    return jax.value_and_grad(lambda p: m.apply(p, tokens).sum())(params)
 
-  (loss, grads), (remat_loss, remat_grads) = (loss_and_grad(model),
-                                              loss_and_grad(remat_model))
+  # One program (one compile) for both models. Each gets its own copy of
+  # the arguments, so XLA cannot share any computation between the two.
+  (loss, grads), (remat_loss, remat_grads) = jax.jit(
+      lambda p, t, remat_p, remat_t: (
+          loss_and_grad(model, p, t),
+          loss_and_grad(remat_model, remat_p, remat_t)))(
+              params, tokens, jax.tree.map(np.copy, params), np.copy(tokens))
   np.testing.assert_allclose(loss, remat_loss, rtol=1e-6)
   chex.assert_trees_all_close(grads, remat_grads, rtol=1e-4, atol=1e-5)
 
 
 class JitTest(chex.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    # Shared by both variants: the model, its inputs and the jitted outputs.
+    super().setUpClass()
+    rng = np.random.default_rng(3)
+    cls.model = simmim_jax.Classifier(_config(aggregator='attention'))
+    cls.tokens = _tokens(rng, 2, 30)
+    cls.mask = jnp.arange(30)[None].repeat(2, 0) < jnp.asarray([[30], [17]])
+    cls.params = _init(cls.model, cls.tokens, cls.mask)
+    # Jitted; the variant without jit is the one compared with it.
+    cls.want = jax.jit(cls.model.apply)(cls.params, cls.tokens, cls.mask)
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_classifier(self):
-    rng = np.random.default_rng(3)
-    cfg = _config(aggregator='attention')
-    model = simmim_jax.Classifier(cfg)
-    tokens = _tokens(rng, 2, 30)
-    mask = jnp.arange(30)[None].repeat(2, 0) < jnp.asarray([[30], [17]])
-    params = _init(model, tokens, mask)
-    # Jitted; the variant without jit is the one compared with it.
-    want = jax.jit(model.apply)(params, tokens, mask)
-    got = self.variant(model.apply)(params, tokens, mask)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = self.variant(self.model.apply)(self.params, self.tokens, self.mask)
+    np.testing.assert_allclose(got, self.want, rtol=1e-5, atol=1e-5)
 
 
 def test_dual_encoder_is_symmetric_in_shared_features(rng):
@@ -148,11 +200,16 @@ def test_dual_encoder_is_symmetric_in_shared_features(rng):
   model = simmim_jax.DualEncoderClassifier(cfg)
   a, b = _tokens(rng, 2, 12), _tokens(rng, 2, 20)
   params = _init(model, a, b)
-  logits = jax.jit(model.apply)(params, a, b)
+
+  def run(a, b):  # one program (one compile) for the three applies
+    def enc(t):
+      return model.apply(params, t, method=model.encode)
+    return model.apply(params, a, b), enc(a)[0], enc(a[:1])[0]
+
+  logits, encoded, encoded_alone = jax.jit(run)(a, b)
   assert logits.shape == (2, 3)
   # One encoder serves both inputs: encoding is the same whichever side.
-  enc = jax.jit(lambda t: model.apply(params, t, method=model.encode))
-  np.testing.assert_allclose(enc(a)[0], enc(a[:1])[0], atol=1e-5)
+  np.testing.assert_allclose(encoded, encoded_alone, atol=1e-5)
   assert 'encoder' in params['params'] and len(params['params']) == 3
 
 
@@ -162,10 +219,11 @@ def test_bfloat16_and_dropout(rng, family):
   model = simmim_jax.Classifier(cfg)
   tokens = _tokens(rng, 2, 24)
   params = _init(model, tokens)
-  apply = jax.jit(model.apply, static_argnames='deterministic')
-  eval_out = apply(params, tokens)
-  train_out = apply(params, tokens, deterministic=False,
-                    rngs={'dropout': jax.random.key(5)})
+  # One program (one compile) for both modes.
+  eval_out, train_out = jax.jit(lambda params, tokens: (
+      model.apply(params, tokens),
+      model.apply(params, tokens, deterministic=False,
+                  rngs={'dropout': jax.random.key(5)})))(params, tokens)
   assert np.all(np.isfinite(np.float32(eval_out)))
   assert not np.allclose(np.float32(eval_out), np.float32(train_out))
 
@@ -193,24 +251,22 @@ def test_ablation_switches_change_parameters_and_outputs(rng):
     model = simmim_jax.Classifier(dataclasses.replace(base, **change))
     return jax.eval_shape(model.init, jax.random.key(0), tokens)['params']
 
-  def run(**change):
-    # Random parameters of the variant's shapes, seeded by their names (so
-    # the parameters variants share are equal), then one compile of apply:
-    # model.init's initialisers compile 3x longer than the apply itself.
-    def fill(path, leaf):
-      seed = zlib.crc32(jax.tree_util.keystr(path).encode())
-      return np.random.default_rng(seed).normal(
-          scale=0.3, size=leaf.shape).astype(leaf.dtype)
-    params = jax.tree_util.tree_map_with_path(fill, param_shapes(**change))
-    model = simmim_jax.Classifier(dataclasses.replace(base, **change))
-    return jax.jit(model.apply)({'params': params}, tokens)
-
-  base_out = run()
-  for change in ({'exclude_self': False}, {'ffn_merge': False},
-                 {'segment_states': False}, {'per_level_weights': False},
-                 {'num_levels': 1}, {'pooling': 'mean'},
-                 {'positions': 'sinusoidal'}, {'state_key_dim': 8}):
-    assert not np.allclose(run(**change), base_out), change
+  # Random parameters of each variant's shapes, seeded by their names (so
+  # the parameters variants share are equal: _init), and one program (one
+  # compile) applying every variant.
+  changes = ({}, {'exclude_self': False}, {'ffn_merge': False},
+             {'segment_states': False}, {'per_level_weights': False},
+             {'num_levels': 1}, {'pooling': 'mean'},
+             {'positions': 'sinusoidal'}, {'state_key_dim': 8})
+  models = [simmim_jax.Classifier(dataclasses.replace(base, **change))
+            for change in changes]
+  outputs = jax.jit(lambda all_params: [
+      model.apply(params, tokens)
+      for model, params in zip(models, all_params)])(
+          [_init(model, tokens) for model in models])
+  base_out = outputs[0]
+  for change, out in zip(changes[1:], outputs[1:]):
+    assert not np.allclose(out, base_out), change
   assert 'merge_ffn' in param_shapes()['encoder']['blocks']['state_merge']
   assert 'merge_ffn' not in param_shapes(ffn_merge=False)['encoder'][
       'blocks']['state_merge']
