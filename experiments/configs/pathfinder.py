@@ -15,6 +15,11 @@ Variants (after the colon):
   pathx_lra: the same protocol on pf128_hard (Path-X, 16,384 pixels).
   lra_cpu:   pf32_hard_small with the 2-layer d 64 model for 2 CPU cores;
              --config.data.builder_config=pf32_easy_small for the easy set.
+             A step takes 0.65-0.75 s on 2 cores (batch 32 x 1,024 tokens,
+             as lra_image's), so 1,500 steps take about 18 minutes after
+             the 3-4 minutes of drawing. At 2,000 steps, on a machine busy
+             with other work, the whole run took 32 minutes and ended at
+             chance (test 0.511): learning Pathfinder needs more steps.
 
   python -m experiments.train \
       --config=experiments/configs/pathfinder.py:lra_cpu \
@@ -58,10 +63,10 @@ def get_config(variant: str = 'lra_cpu') -> ml_collections.ConfigDict:
     config.data.builder_config = 'pf32_hard_small'
     m.d_model, m.num_heads, m.num_layers, m.mlp_dim = 64, 4, 2, 128
     config.batch_size = config.eval_batch_size = 32
-    config.num_steps = 2000
+    config.num_steps = 1500
     config.learning_rate = 1e-3
     config.schedule = 'cosine'
-    config.warmup_steps = 100
+    config.warmup_steps = 75
     config.weight_decay = 0.01
     config.log_every = 50
     config.eval_every = config.checkpoint_every = 500
