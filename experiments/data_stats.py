@@ -31,7 +31,7 @@ def main(argv):
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed)
   if datasets.task == 'recall':
-    _recall_stats(config)
+    _recall_stats(config, datasets)
     return
   if datasets.task not in ('classification', 'dual'):
     raise checks.ConfigError(f'data_stats needs a classification or recall '
@@ -50,19 +50,18 @@ def main(argv):
           f'{top / total:.3f} accuracy; {shares}')
 
 
-def _recall_stats(config) -> None:
+def _recall_stats(config, datasets) -> None:
   """MQAR: how far queries sit from their keys, and the share that
   attention inside segments of model.segment_len alone can answer."""
-  setting = mqar.parse_config(config.data.builder_config)
-  for split in ('validation', 'test'):
-    tokens, targets = mqar.generate_mqar(
-        setting.num_examples[mqar.SPLITS.index(split)],
-        seq_len=setting.seq_len, num_kv_pairs=setting.num_kv_pairs,
-        vocab_size=setting.vocab_size, power_a=setting.power_a,
-        seed=mqar.split_seed(setting.seed, split))
-    queries, keys = mqar.query_key_positions(tokens, targets,
-                                             setting.num_kv_pairs)
-    share = mqar.same_segment_share(tokens, targets, setting.num_kv_pairs,
+  pairs = mqar.parse_config(config.data.builder_config).num_kv_pairs
+  for split in datasets.eval_splits:
+    batches = list(datasets.eval_batches(split))
+    real = np.concatenate([b['weight'] > 0 for b in batches])
+    # Back from ids (value + 1; 0 = not scored) to the data's values.
+    tokens = np.concatenate([b['tokens'] for b in batches])[real] - 1
+    targets = np.concatenate([b['targets'] for b in batches])[real] - 1
+    queries, keys = mqar.query_key_positions(tokens, targets, pairs)
+    share = mqar.same_segment_share(tokens, targets, pairs,
                                     config.model.segment_len)
     print(f'{split}: {len(queries)} queries; key-to-query distance mean '
           f'{np.mean(queries - keys):.1f}, median '
