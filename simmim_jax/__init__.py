@@ -26,11 +26,12 @@ from simmim_jax.ops.attention import full_attention
 from simmim_jax.ops.attention import masked_softmax
 from simmim_jax.ops.attention import segment_attention
 from simmim_jax.ops.attention import segment_attention_weights
-from simmim_jax.ops.attention import segment_state_attention
-from simmim_jax.ops.attention import segment_state_weights
 from simmim_jax.ops.hierarchy import AGGREGATORS
 from simmim_jax.ops.hierarchy import aggregator_params_spec
 from simmim_jax.ops.hierarchy import hierarchical_aggregate
+from simmim_jax.ops.segment_states import segment_state_attention
+from simmim_jax.ops.segment_states import segment_state_weights
+from simmim_jax.ops.segment_states import state_readout
 from simmim_jax.ops.template_learning import ema_kmeans_update
 from simmim_jax.ops.template_learning import quantize
 from simmim_jax.ops.template_learning import reseed_dead_templates
@@ -80,6 +81,7 @@ __all__ = [
     'segment_template_outputs',
     'Seq2Seq',
     'SMIBlock',
+    'state_readout',
     'template_attention',
     'template_outputs',
     'vq_losses',

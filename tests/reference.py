@@ -52,24 +52,51 @@ def cross_attention(q, k, v, key_mask=None):
 
 
 def segment_state_attention(states, w_q, w_k, w_v, mask=None, causal=False,
-                            exclude_self=True):
+                            exclude_self=True, states_per_segment=1):
+  """State i (of segment i // states_per_segment) over the other segments'
+  states."""
   s, w_q, w_k, w_v = (np.asarray(a, np.float64)
                       for a in (states, w_q, w_k, w_v))
-  batch, num_segments, _ = s.shape
+  batch, num_states, _ = s.shape
   key_dim = w_q.shape[1]
-  mask = (np.ones((batch, num_segments), bool) if mask is None
+  mask = (np.ones((batch, num_states), bool) if mask is None
           else np.asarray(mask))
+  segment = lambda t: t // states_per_segment
   out = s.copy()
   for b in range(batch):
-    for i in range(num_segments):
-      others = [j for j in range(num_segments) if mask[b, j]
-                and (j < i if causal else (j != i or not exclude_self))]
+    for i in range(num_states):
+      others = [j for j in range(num_states) if mask[b, j] and (
+          segment(j) < segment(i) if causal
+          else segment(j) != segment(i) or not exclude_self)]
       if not others:
         continue
       scores = [(s[b, i] @ w_q) @ (s[b, j] @ w_k) / math.sqrt(key_dim)
                 for j in others]
       out[b, i] = s[b, i] + _softmax_weighted(
           scores, [s[b, j] @ w_v for j in others])
+  return out
+
+
+def state_readout(q, keys, values, segment_len, states_per_segment=1,
+                  mask=None, causal=False):
+  """Token t over the states it may read: causal, those of segments before
+  t's; otherwise every real one."""
+  q, keys, values = (np.asarray(a, np.float64) for a in (q, keys, values))
+  batch, length, heads, head_dim = q.shape
+  num_states = keys.shape[1]
+  mask = (np.ones((batch, num_states), bool) if mask is None
+          else np.asarray(mask))
+  out = np.zeros_like(q)
+  for b in range(batch):
+    for t in range(length):
+      readable = [s for s in range(num_states) if mask[b, s] and (
+          not causal or s // states_per_segment < t // segment_len)]
+      for h in range(heads):
+        scores = [q[b, t, h] @ keys[b, s, h] / math.sqrt(head_dim)
+                  for s in readable]
+        if readable:
+          out[b, t, h] = _softmax_weighted(
+              scores, [values[b, s, h] for s in readable])
   return out
 
 

@@ -14,14 +14,18 @@ from simmim_jax.inference import decoding
 VOCAB = 13
 KINDS = [(family, 'softmax') for family in ('simmim', 'local', 'transformer')]
 KINDS += [(family, 'templates') for family in ('simmim', 'transformer')]
+# SimMIM's state levers: k states per segment (pending in the cache until
+# their segment ends), and tokens attending over the cached states.
+LEVERS = [(('states_per_segment', 2),),
+          (('states_per_segment', 3), ('state_readout', 'attend'))]
 
 
 @functools.lru_cache(maxsize=None)
-def _lm(family, attention_kind):
+def _lm(family, attention_kind, levers=()):
   cfg = ModelConfig(vocab_size=VOCAB, head='lm', family=family,
                     attention_kind=attention_kind, num_templates=3,
                     d_model=16, num_heads=2, num_layers=2, mlp_dim=32,
-                    max_len=32, segment_len=4)
+                    max_len=32, segment_len=4, **dict(levers))
   model = simmim_jax.CausalLM(cfg)
   params = jax.jit(model.init)(jax.random.key(0),
                                jnp.zeros((1, 32), jnp.int32))['params']
@@ -61,12 +65,16 @@ def _stepwise_logits(model, params, tokens, lengths, source=None):
   return got
 
 
-@pytest.mark.parametrize('family, attention_kind', KINDS)
-def test_cached_decoding_equals_the_parallel_pass(family, attention_kind):
-  model, params, forward = _lm(family, attention_kind)
+@pytest.mark.parametrize('family, attention_kind, levers', [
+    *((family, kind, ()) for family, kind in KINDS),
+    *(('simmim', 'softmax', levers) for levers in LEVERS)], ids=str)
+def test_cached_decoding_equals_the_parallel_pass(family, attention_kind,
+                                                  levers):
+  model, params, forward = _lm(family, attention_kind, levers)
   tokens = _tokens(23)  # ends inside a segment
-  # Ragged prompts: one ends on a segment boundary, one is a single token.
-  lengths = jnp.asarray([5, 8, 1])
+  # Ragged prompts: one ends on a segment boundary, one is a single token;
+  # the first holds some of its segment's last k tokens (pending states).
+  lengths = jnp.asarray([7, 8, 1])
   np.testing.assert_allclose(_stepwise_logits(model, params, tokens, lengths),
                              forward(tokens), rtol=1e-5, atol=2e-6)
 
@@ -91,11 +99,11 @@ def test_greedy_generate_picks_the_arg_max_of_the_parallel_pass(
 
 
 def test_cache_size_is_segment_plus_states_not_context():
-  def shapes(family, max_len, attention_kind='softmax'):
+  def shapes(family, max_len, attention_kind='softmax', **levers):
     model = simmim_jax.CausalLM(ModelConfig(
         vocab_size=VOCAB, head='lm', family=family, num_templates=3,
         attention_kind=attention_kind, d_model=16, num_heads=2, num_layers=2,
-        max_len=256, segment_len=4))
+        max_len=256, segment_len=4, **levers))
     params = jax.eval_shape(model.init, jax.random.key(0),
                             jnp.zeros((1, 8), jnp.int32))['params']
     cache = jax.eval_shape(functools.partial(decoding.init_cache, model,
@@ -114,6 +122,17 @@ def test_cache_size_is_segment_plus_states_not_context():
                                   'state_values': (layers, batch, 16, dim),
                                   'merge': (layers, batch, dim)}
   assert long['state_merge']['state_keys'] == (layers, batch, 64, dim)
+  # k states per segment: k slots each, and the current segment's pending.
+  assert shapes('simmim', 64, states_per_segment=3)['state_merge'] == {
+      'state_keys': (layers, batch, 48, dim),
+      'state_values': (layers, batch, 48, dim),
+      'pending': (layers, batch, 3, dim), 'merge': (layers, batch, dim)}
+  # Tokens attending over the states: each state's key and value per head.
+  assert shapes('simmim', 64, state_readout='attend')['state_merge'] == {
+      'state_keys': (layers, batch, 16, dim),
+      'state_values': (layers, batch, 16, dim),
+      'readout_keys': (layers, batch, 16, heads, head_dim),
+      'readout_values': (layers, batch, 16, heads, head_dim)}
   assert shapes('local', 256) == {'attention': short['attention']}
   assert shapes('transformer', 256)['attention']['keys'] == (
       layers, batch, 256, heads, head_dim)

@@ -49,11 +49,15 @@ def _init(model, *args):
 
 
 # Each family once and each aggregator once: pooling does not depend on the
-# family (test_hierarchy.py pads every aggregator on its own).
-@pytest.mark.parametrize('family, aggregator', list(zip(
-    FAMILIES, sorted(simmim_jax.AGGREGATORS))))
-def test_padding_with_masked_tokens_changes_nothing(rng, family, aggregator):
-  cfg = _config(family=family, aggregator=aggregator)
+# family (test_hierarchy.py pads every aggregator on its own). The last case
+# has more states per segment than the partial segment has real tokens.
+@pytest.mark.parametrize('family, aggregator, levers', [
+    *zip(FAMILIES, sorted(simmim_jax.AGGREGATORS), [{}] * 3),
+    ('simmim', 'concat', {'states_per_segment': 3,
+                          'state_readout': 'attend'})])
+def test_padding_with_masked_tokens_changes_nothing(rng, family, aggregator,
+                                                    levers):
+  cfg = _config(family=family, aggregator=aggregator, **levers)
   classifier = simmim_jax.Classifier(cfg)
   tokens = _tokens(rng, 2, 22)
   padded = jnp.concatenate([tokens, _tokens(rng, 2, 19)], axis=1)
@@ -105,25 +109,29 @@ def _input_gradients(models, tokens):
           for jac in jacobians]
 
 
-ATTENTION_KINDS = ('softmax', 'templates')
+# (family, attention_kind, the SimMIM state levers).
+LM_CASES = [(family, kind, ()) for family in FAMILIES
+            for kind in ('softmax', 'templates')]
+LM_CASES += [('simmim', 'softmax', (('states_per_segment', 2),)),
+             ('simmim', 'softmax', (('states_per_segment', 3),
+                                    ('state_readout', 'attend')))]
 
 
 @pytest.fixture(scope='module')
 def lm_influences():
-  """{(family, attention_kind): _input_gradients of its CausalLM} on 18
-  tokens: 4 full segments and a partial one."""
+  """{LM_CASES entry: _input_gradients of its CausalLM} on 18 tokens: 4
+  full segments and a partial one."""
   tokens = _tokens(np.random.default_rng(0), 1, 18)
-  cases = [(family, kind) for family in FAMILIES for kind in ATTENTION_KINDS]
   models = [simmim_jax.CausalLM(_config(
       family=family, head='lm', num_layers=2, attention_kind=kind,
-      num_templates=3)) for family, kind in cases]
-  return dict(zip(cases, _input_gradients(models, tokens)))
+      num_templates=3, **dict(levers))) for family, kind, levers in LM_CASES]
+  return dict(zip(LM_CASES, _input_gradients(models, tokens)))
 
 
-@pytest.mark.parametrize('attention_kind', ATTENTION_KINDS)
-@pytest.mark.parametrize('family', FAMILIES)
-def test_lm_is_causal_by_gradients(lm_influences, family, attention_kind):
-  influence = lm_influences[family, attention_kind]
+@pytest.mark.parametrize('family, attention_kind, levers', LM_CASES, ids=str)
+def test_lm_is_causal_by_gradients(lm_influences, family, attention_kind,
+                                   levers):
+  influence = lm_influences[family, attention_kind, levers]
   future = np.triu(np.ones_like(influence, bool), k=1)
   assert np.all(influence[future] == 0.0), 'an output depends on the future'
   assert np.all(np.diag(influence) > 0)
@@ -257,7 +265,8 @@ def test_ablation_switches_change_parameters_and_outputs(rng):
   changes = ({}, {'exclude_self': False}, {'ffn_merge': False},
              {'segment_states': False}, {'per_level_weights': False},
              {'num_levels': 1}, {'pooling': 'mean'},
-             {'positions': 'sinusoidal'}, {'state_key_dim': 8})
+             {'positions': 'sinusoidal'}, {'state_key_dim': 8},
+             {'states_per_segment': 2}, {'state_readout': 'attend'})
   models = [simmim_jax.Classifier(dataclasses.replace(base, **change))
             for change in changes]
   outputs = jax.jit(lambda all_params: [

@@ -27,6 +27,7 @@ from simmim_jax.models.model_config import DTYPES
 from simmim_jax.models.model_config import FAMILIES
 from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.ops import attention
+from simmim_jax.ops import segment_states
 from simmim_jax.ops import templates
 from simmim_jax.training import steps
 
@@ -162,7 +163,7 @@ def op_workloads(sizes: Sizes, length: int) -> dict[str, Workload]:
           lambda q, k, v: attention.segment_attention(q, k, v, seg),
           heads_qkv),
       'segment_state_attention': Workload(
-          attention.segment_state_attention,
+          segment_states.segment_state_attention,
           functools.partial(_state_inputs, sizes, length)),
       'segment_template_attention': Workload(
           functools.partial(_template_attention, segment_len=seg),

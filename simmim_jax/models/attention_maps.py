@@ -12,6 +12,7 @@ import jax
 
 from simmim_jax.models.model_config import ModelConfig
 from simmim_jax.ops import attention
+from simmim_jax.ops import segment_states
 
 
 def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
@@ -25,8 +26,9 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
     'segment': [batch, num_segments, heads, segment_len, segment_len] weights
       of segment attention (for 'transformer', [batch, 1, heads, length,
       length]: full attention is one segment).
-    'state': [batch, num_segments, num_segments] segment-state attention
-      weights (row i over states j), or None when the model has no states.
+    'state': [batch, num_states, num_states] segment-state attention
+      weights (row i over states j; num_states = num_segments *
+      states_per_segment), or None when the model has no states.
   """
   config: ModelConfig = model.config
   if not 0 <= layer < config.num_layers:
@@ -48,11 +50,14 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
   if config.uses_segment_states:
     states = blocks['state_merge']['states'][0][layer]
     merge = params['state_merge']
-    segment_mask = attention.segment_mask(mask, *tokens.shape,
-                                          config.segment_len)
-    maps['state'] = attention.segment_state_weights(
-        states, merge['w_q'][layer], merge['w_k'][layer], mask=segment_mask,
-        causal=causal, exclude_self=config.exclude_self)
+    per_segment = config.states_per_segment
+    _, state_mask = segment_states.pick_states(
+        tokens[..., None], config.segment_len, per_segment, mask=mask,
+        causal=causal)
+    maps['state'] = segment_states.segment_state_weights(
+        states, merge['w_q'][layer], merge['w_k'][layer], mask=state_mask,
+        causal=causal, exclude_self=config.exclude_self,
+        states_per_segment=per_segment)
   return maps
 
 

@@ -1,7 +1,7 @@
-"""Flax linen layers: they hold parameters and call the pure functions.
+"""Flax linen layers: self- and cross-attention, the SMI block, pooling.
 
-Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv',
-'vocab', 'layers', ...) that the training stack maps to mesh axes.
+They hold parameters (with logical axis names, see projections.py) and call
+the pure functions of ops/.
 """
 
 from typing import Optional
@@ -11,59 +11,15 @@ import jax
 import jax.numpy as jnp
 
 from simmim_jax.models.model_config import ModelConfig
+from simmim_jax.models.projections import Mlp
+from simmim_jax.models.projections import head_projection
+from simmim_jax.models.projections import layer_norm
+from simmim_jax.models.projections import output_projection
+from simmim_jax.models.state_merge import SegmentStateMerge
 from simmim_jax.models.template_layer import TemplateAttention
 from simmim_jax.ops import attention
 from simmim_jax.ops import decode_attention
 from simmim_jax.ops import hierarchy
-
-
-def dense_init(*axes: Optional[str]):
-  # DenseGeneral initialises its kernel flattened to 2-D, so fans are plain.
-  return nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
-
-
-def layer_norm(config: ModelConfig, name: Optional[str] = None) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
-
-
-class Mlp(nn.Module):
-  """Dense(hidden) -> GELU -> dropout -> Dense(out).  x: [..., embed]."""
-  config: ModelConfig
-  out_dim: Optional[int] = None   # default: d_model
-  out_axis: str = 'embed'
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    cfg = self.config
-    dense = lambda features, axes, name: nn.Dense(
-        features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-        kernel_init=dense_init(*axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                               axes[-1:]),
-        name=name)
-    x = dense(cfg.mlp_dim, ('embed', 'mlp'), 'wi')(x)
-    x = nn.gelu(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    return dense(self.out_dim or cfg.d_model, ('mlp', self.out_axis), 'wo')(x)
-
-
-def head_projection(config: ModelConfig, name: str) -> nn.DenseGeneral:
-  """[..., embed] -> [..., heads, head_dim] (query, key or value)."""
-  return nn.DenseGeneral(
-      (config.num_heads, config.head_dim), dtype=config.compute_dtype,
-      param_dtype=config.storage_dtype, use_bias=False,
-      kernel_init=dense_init('embed', 'heads', 'kv'), name=name)
-
-
-def output_projection(config: ModelConfig) -> nn.DenseGeneral:
-  """[..., heads, head_dim] -> [..., embed]."""
-  return nn.DenseGeneral(
-      config.d_model, axis=(-2, -1), dtype=config.compute_dtype,
-      param_dtype=config.storage_dtype, use_bias=False,
-      kernel_init=dense_init('heads', 'kv', 'embed'), name='out')
 
 
 class SelfAttention(nn.Module):
@@ -156,99 +112,6 @@ class CrossAttention(nn.Module):
     out = attention.cross_attention(q, cache['keys'], cache['values'],
                                     key_mask=cache['mask'])
     return output_projection(cfg)(out), cache
-
-
-class SegmentStateMerge(nn.Module):
-  """Segment states attend to each other; the result is merged per segment.
-
-  Returns the update to add to x: [batch, length, embed], constant over the
-  positions of a segment. Non-causal: state = a segment's first vector, and
-  segment i receives FFN(s~_i). Causal: state = a segment's last vector (the
-  one that has seen the whole segment); s~ attends to earlier states only and
-  segment i receives FFN(s~_{i-1}), so nothing merged into segment i depends
-  on segment i itself; segment 0 receives nothing.
-  """
-  config: ModelConfig
-  causal: bool = False
-  deterministic: bool = True
-
-  @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array],
-               positions: Optional[jax.Array] = None,
-               cache: Optional[dict] = None):
-    cfg = self.config
-    batch, length, dim = x.shape
-    norm = layer_norm(cfg, 'state_norm')
-    key_dim = cfg.state_key_dim or dim
-    weight = lambda name, shape, axes: self.param(
-        name, dense_init(*axes), shape, cfg.storage_dtype)
-    w_q = weight('w_q', (dim, key_dim), ('embed', 'state_kv'))
-    w_k = weight('w_k', (dim, key_dim), ('embed', 'state_kv'))
-    w_v = weight('w_v', (dim, dim), ('embed', 'state_embed'))
-    merge = lambda new_states: (Mlp(cfg, name='merge_ffn')(
-        new_states, deterministic=self.deterministic) if cfg.ffn_merge
-                                else new_states)
-    if cache is not None:
-      return self._decode_step(x, positions, cache, norm, w_q, w_k, w_v,
-                               merge)
-
-    segments = attention.split_segments(x, cfg.segment_len)
-    states = segments[:, :, -1 if self.causal else 0]  # [batch, m, embed]
-    segment_mask = attention.segment_mask(mask, batch, length, cfg.segment_len)
-    states = norm(states)
-    self.sow('intermediates', 'states', states)
-    new_states = attention.segment_state_attention(
-        states, w_q, w_k, w_v, mask=segment_mask, causal=self.causal,
-        exclude_self=cfg.exclude_self)
-    given = merge(new_states)  # [batch, m, embed]: what segment i gives
-    update = given
-    if self.causal:
-      update = jnp.pad(given[:, :-1], ((0, 0), (1, 0), (0, 0)))
-    update = jnp.repeat(update, cfg.segment_len, axis=1)[:, :length]
-    if positions is None:
-      return update
-    # Prefill: states of the segments each prompt finished, and the merge
-    # of the segment its next token falls in (none for segment 0).
-    finished = positions // cfg.segment_len
-    last = jnp.take_along_axis(given, jnp.maximum(finished - 1, 0)[:, None,
-                                                                   None],
-                               axis=1)[:, 0]
-    return update, {
-        'state_keys': states @ w_k.astype(states.dtype),
-        'state_values': states @ w_v.astype(states.dtype),
-        'merge': jnp.where((finished > 0)[:, None], last, 0).astype(
-            update.dtype)}
-
-  def _decode_step(self, x, positions, cache, norm, w_q, w_k, w_v, merge):
-    """x: [batch, 1, embed] at `positions`. The token that ends a segment
-    turns it into a state: the state attends to the finished ones, and its
-    merge replaces the cached one for the segment that follows."""
-    if not self.causal:
-      raise ValueError('a decoding cache needs a causal model')
-    segment_len = self.config.segment_len
-    segment = positions // segment_len
-    finishing = positions % segment_len == segment_len - 1
-    state = norm(x[:, 0])  # [batch, embed]
-
-    def finish(module, state, cache):
-      del module
-      new_state = decode_attention.state_query(
-          state, cache['state_keys'], cache['state_values'], w_q, segment)
-      return jnp.where(finishing[:, None], merge(new_state),
-                       cache['merge']).astype(cache['merge'].dtype)
-
-    # One token in segment_len ends a segment: skip the state work otherwise.
-    new_merge = nn.cond(jnp.any(finishing), finish,
-                        lambda module, state, cache: cache['merge'], self,
-                        state, cache)
-    write = lambda buffer, value: decode_attention.write_slot(
-        buffer, value, segment, finishing)
-    return cache['merge'][:, None], {
-        'state_keys': write(cache['state_keys'],
-                            state @ w_k.astype(state.dtype)),
-        'state_values': write(cache['state_values'],
-                              state @ w_v.astype(state.dtype)),
-        'merge': new_merge}
 
 
 class SMIBlock(nn.Module):

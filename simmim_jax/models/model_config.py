@@ -16,6 +16,7 @@ from simmim_jax.ops import hierarchy
 FAMILIES = ('simmim', 'local', 'transformer')
 HEADS = ('classifier', 'dual_encoder', 'lm', 'seq2seq', 'masked')
 CROSS_ATTENTIONS = ('full', 'segment_states')
+STATE_READOUTS = ('merge', 'attend')
 POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
 ATTENTION_KINDS = ('softmax', 'templates')
@@ -49,6 +50,12 @@ class ModelConfig:
   exclude_self: bool = True        # state i ignores its own state (j != i)
   ffn_merge: bool = True           # merge FFN(s~_i); False merges s~_i itself
   state_key_dim: Optional[int] = None  # key_dim of W_Q, W_K; None = d_model
+  states_per_segment: int = 1      # k states per segment (the first k
+                                   # outputs; causal: the last k)
+  state_readout: str = 'merge'     # how tokens receive the states: 'merge'
+                                   # (FFN(s~) added to every position of a
+                                   # segment) | 'attend' (each token attends
+                                   # over the states it may read)
   pooling: str = 'hierarchical'    # 'hierarchical' | 'mean' global pooling
   aggregator: str = 'concat'       # 'concat' | 'weighted_sum' | 'attention'
   per_level_weights: bool = True   # separate aggregation weights per level
@@ -80,7 +87,7 @@ class ModelConfig:
   def __post_init__(self):
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
                  'num_layers', 'mlp_dim', 'max_len', 'segment_len',
-                 'num_templates'):
+                 'num_templates', 'states_per_segment'):
       checks.integer(getattr(self, name), name)
     if self.state_key_dim is not None:
       checks.integer(self.state_key_dim, 'state_key_dim')
@@ -96,6 +103,11 @@ class ModelConfig:
     _one_of('attention_kind', self.attention_kind, ATTENTION_KINDS)
     _one_of('template_update', self.template_update, TEMPLATE_UPDATES)
     _one_of('cross_attention', self.cross_attention, CROSS_ATTENTIONS)
+    _one_of('state_readout', self.state_readout, STATE_READOUTS)
+    if self.states_per_segment > self.segment_len:
+      raise ConfigError(
+          f'states_per_segment ({self.states_per_segment}) exceeds '
+          f'segment_len ({self.segment_len}): a segment has that many vectors')
     if self.decoder_family is not None:
       _one_of('decoder_family', self.decoder_family, FAMILIES)
     checks.number(self.template_decay, 'template_decay', high=1)

@@ -20,6 +20,7 @@ import numpy as np
 
 from simmim_jax import checks
 from simmim_jax.models import layers
+from simmim_jax.models import projections
 from simmim_jax.models import template_layer
 from simmim_jax.models.model_config import ModelConfig
 
@@ -112,7 +113,7 @@ class Encoder(nn.Module):
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     blocks = stack(cfg, self.causal, deterministic, self.cross, name='blocks')
     x, cache = blocks(x, mask, positions, cache, memory)
-    x = layers.layer_norm(cfg, 'final_norm')(x)
+    x = projections.layer_norm(cfg, 'final_norm')(x)
     return x if positions is None else (x, cache)
 
 
@@ -123,8 +124,9 @@ class _PooledEncoder(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.config)
     self.pool = layers.GlobalPool(self.config)
-    self.head = layers.Mlp(self.config, out_dim=self.config.num_classes,
-                           out_axis='classes')
+    self.head = projections.Mlp(self.config,
+                                out_dim=self.config.num_classes,
+                                out_axis='classes')
 
   def encode(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
              deterministic: bool = True) -> jax.Array:
@@ -216,7 +218,7 @@ class MaskedModel(nn.Module):
 def _lm_head(cfg: ModelConfig) -> nn.Dense:
   return nn.Dense(
       cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-      kernel_init=layers.dense_init('embed', 'vocab'),
+      kernel_init=projections.dense_init('embed', 'vocab'),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
                                              ('vocab',)),
       name='lm_head')

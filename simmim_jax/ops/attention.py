@@ -1,4 +1,4 @@
-"""Attention as pure functions: segment, segment-state and full attention.
+"""Attention as pure functions: segment, full and cross attention.
 
 Shapes follow one convention throughout:
   q, k, v: [batch, length, heads, head_dim]
@@ -426,84 +426,6 @@ def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,
   return split_segments(mask.astype(bool), segment_len, False)
 
 
-def segment_state_attention(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
-                            w_v: jax.Array, *, mask: Optional[jax.Array] = None,
-                            causal: bool = False,
-                            exclude_self: bool = True) -> jax.Array:
-  """Each segment state attends to the other segments' states.
-
-    new_i = s_i + sum_{j allowed} softmax_j((s_i w_q).(s_j w_k) / sqrt(key_dim))
-                                   (s_j w_v)
-  where j is allowed when mask_j, j != i (unless `exclude_self=False`), and,
-  with `causal`, j < i (causal always excludes self: s_i has seen segment i's
-  future). With no allowed j, new_i = s_i.
-
-  Args:
-    states: [batch, num_segments, dim].
-    w_q, w_k: [dim, key_dim].
-    w_v: [dim, dim].
-    mask: optional [batch, num_segments] bool, True = real segment.
-    causal: attend to earlier segments only.
-    exclude_self: drop j == i (the equation's default); False is an ablation.
-
-  Returns:
-    [batch, num_segments, dim] in the states' dtype.
-  """
-  checks.rank(states, 3, 'states', '[batch, num_segments, dim]')
-  checks.rank(w_q, 2, 'w_q', '[dim, key_dim]')
-  checks.rank(w_k, 2, 'w_k', '[dim, key_dim]')
-  checks.rank(w_v, 2, 'w_v', '[dim, dim]')
-  batch, num_segments, dim = states.shape
-  if w_q.shape[0] != dim or w_k.shape[0] != dim:
-    raise ValueError(
-        f'w_q {w_q.shape} and w_k {w_k.shape} must have {dim} rows to match '
-        f'states {states.shape}')
-  checks.same_shape([('w_q', w_q.shape), ('w_k', w_k.shape)])
-  if w_v.shape != (dim, dim):
-    raise ValueError(f'w_v must have shape {(dim, dim)}, got {w_v.shape}')
-  checks.mask(mask, (batch, num_segments))
-
-  values = states @ w_v.astype(states.dtype)
-  weights = _state_weights(states, w_q, w_k, mask, causal,
-                           exclude_self).astype(values.dtype)
-  wide = score_dtype(states.dtype)
-  update = jnp.einsum('bij,bjd->bid', weights, values,
-                      preferred_element_type=wide)
-  return (states.astype(wide) + update).astype(states.dtype)
-
-
-def segment_state_weights(states: jax.Array, w_q: jax.Array, w_k: jax.Array,
-                          *, mask: Optional[jax.Array] = None,
-                          causal: bool = False,
-                          exclude_self: bool = True) -> jax.Array:
-  """The [batch, num_segments, num_segments] weights (row i: state i's
-  attention over states j) that `segment_state_attention` uses."""
-  checks.rank(states, 3, 'states', '[batch, num_segments, dim]')
-  checks.same_shape([('w_q', w_q.shape), ('w_k', w_k.shape)])
-  checks.mask(mask, states.shape[:2])
-  return _state_weights(states, w_q, w_k, mask, causal, exclude_self)
-
-
-def _state_weights(states, w_q, w_k, mask, causal, exclude_self):
-  num_segments = states.shape[1]
-  queries = states @ w_q.astype(states.dtype)
-  keys = states @ w_k.astype(states.dtype)
-  scores = jnp.einsum('bik,bjk->bij', queries, keys,
-                      preferred_element_type=score_dtype(states.dtype))
-  scores = scores / math.sqrt(w_q.shape[1])
-  index = jnp.arange(num_segments)
-  if causal:
-    allowed = index[None, :] < index[:, None]
-  elif exclude_self:
-    allowed = index[None, :] != index[:, None]
-  else:
-    allowed = jnp.ones((num_segments, num_segments), bool)
-  allowed = allowed[None]  # [1, queries, keys]
-  if mask is not None:
-    allowed = allowed & mask.astype(bool)[:, None, :]
-  return masked_softmax(scores, allowed)
-
-
 def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                    mask: Optional[jax.Array] = None,
                    causal: bool = False) -> jax.Array:
@@ -551,12 +473,24 @@ def cross_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                      f"q's batch, heads and head_dim {q.shape}; got k "
                      f'{k.shape}, v {v.shape}')
   checks.mask(key_mask, k.shape[:2], 'key_mask')
+  allowed = None if key_mask is None else key_mask.astype(bool)[:, None,
+                                                                 None, :]
+  return masked_attention(q, k, v, allowed)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     allowed: Optional[jax.Array]) -> jax.Array:
+  """Queries over keys where `allowed`; the unchecked core of the above.
+
+  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, heads, head_dim];
+  allowed: bool broadcastable to [batch, heads, q_len, kv_len], or None.
+  Returns [batch, q_len, heads, head_dim] in q's dtype; scores and softmax
+  are float32 (or wider) and a row without keys gets zeros.
+  """
   scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
   wide = score_dtype(q.dtype)
   scores = jnp.einsum('bqhd,bkhd->bhqk', q * scale, k,
                       preferred_element_type=wide)
-  allowed = None if key_mask is None else key_mask.astype(bool)[:, None,
-                                                                 None, :]
   weights = masked_softmax(scores, allowed)
   out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v,
                    preferred_element_type=wide)

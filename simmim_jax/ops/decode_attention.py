@@ -63,7 +63,7 @@ def state_query(state: jax.Array, state_keys: jax.Array,
                 num_finished: jax.Array) -> jax.Array:
   """A finished segment's state attends to the earlier segments' states:
   s~ = s + sum_{j < num_finished} softmax_j((s w_q).k_j / sqrt(key_dim)) v_j,
-  the causal `segment_state_attention` for one state per row.
+  the causal `segment_states.segment_state_attention` for one state per row.
 
   Args:
     state: [batch, dim], the state of the segment finishing now.
