@@ -70,12 +70,21 @@ def compiled_cost(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
     peak_bytes: arguments + outputs + scratch (aliased buffers counted once).
     compile_seconds: wall time of lowering and compiling.
   """
+  return compile_with_cost(fn, *args)[1]
+
+
+def compile_with_cost(fn: Callable[..., Any], *args: Any,
+                      donate_argnums: tuple[int, ...] = ()
+                      ) -> tuple[Any, dict[str, float]]:
+  """(the compiled `jax.jit(fn, donate_argnums=...)` for args' shapes, its
+  `compiled_cost`): a caller that also runs the program compiles it once."""
   start = time.perf_counter()
-  traced = jax.jit(fn).trace(*args)  # one trace serves both counts
-  compiled = traced.lower().compile()
+  traced = jax.jit(fn, donate_argnums=donate_argnums).trace(*args)
+  compiled = traced.lower().compile()  # one trace serves both counts
   seconds = time.perf_counter() - start
-  return {**program_cost(compiled), 'flops': float(_count(traced.jaxpr.jaxpr)),
-          'compile_seconds': seconds}
+  return compiled, {**program_cost(compiled),
+                    'flops': float(_count(traced.jaxpr.jaxpr)),
+                    'compile_seconds': seconds}
 
 
 def program_cost(compiled: Any) -> dict[str, float]:

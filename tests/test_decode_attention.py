@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simmim_jax.ops import attention
 from simmim_jax.ops import decode_attention
+from simmim_jax.ops import segment_states
 from tests import reference
 
 
@@ -132,8 +132,8 @@ def test_state_query_is_the_causal_segment_state_attention(rng):
   w_v = _normal(rng, (dim, dim))
   want = reference.segment_state_attention(states, w_q, w_k, w_v,
                                            causal=True)
-  parallel = attention.segment_state_attention(states, w_q, w_k, w_v,
-                                               causal=True)
+  parallel = segment_states.segment_state_attention(states, w_q, w_k, w_v,
+                                                    causal=True)
   np.testing.assert_allclose(parallel, want, rtol=1e-5, atol=1e-5)
   keys, values = states @ w_k, states @ w_v
   for i in range(num_segments):

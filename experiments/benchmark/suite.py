@@ -34,6 +34,7 @@ from experiments.benchmark import cases as cases
 from experiments.benchmark import report as benchmark_report
 from experiments.benchmark.report import Row
 from simmim_jax import allocator
+from simmim_jax.cost import compile_with_cost
 from simmim_jax.cost import compiled_cost
 from simmim_jax.cost import median_seconds
 from simmim_jax.cost import program_cost
@@ -159,8 +160,13 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
   """
   make_args = functools.partial(cases.mode_args, case)
   specs = jax.eval_shape(make_args)
-  costs = {mode: compiled_cost(fn, *specs[mode])
-           for mode, fn in case.modes.items()}
+  # A carried argument (the decoding cache) is donated, as a decoding loop
+  # updates it in place; the program costed is the one timed.
+  donated = () if case.carried is None else (case.carried,)
+  compiled = {mode: compile_with_cost(fn, *specs[mode],
+                                      donate_argnums=donated)
+              for mode, fn in case.modes.items()}
+  costs = {mode: cost for mode, (_, cost) in compiled.items()}
   predicted = {mode: predicted_seconds(cost['flops'], ceiling_flops,
                                        previous[mode])
                for mode, cost in costs.items()}
@@ -169,10 +175,14 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
   seconds = dict.fromkeys(case.modes)
   if None in skipped.values():
     args = make_args()
-    for mode, fn in case.modes.items():
+    for mode, (program, _) in compiled.items():
       if skipped[mode] is None:
-        seconds[mode] = median_seconds(_timed_call(fn, args[mode], case),
-                                       config.repeats)
+        # The specs' tree (a TrainState's metadata holds its optimizer
+        # object, which make_args builds anew), as the program expects.
+        mode_args = jax.tree.unflatten(jax.tree.structure(specs[mode]),
+                                       jax.tree.leaves(args[mode]))
+        seconds[mode] = median_seconds(
+            _timed_call(program, mode_args, case.carried), config.repeats)
   cache_bytes = None
   if case.carried is not None:
     cache_bytes = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in
@@ -191,18 +201,15 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
   return rows
 
 
-def _timed_call(fn, args, case: cases.Case):
-  """fn on args, jitted, as a call of no arguments. A carried argument is
-  donated and replaced by each call's new value, as a decoding loop updates
-  its cache in place."""
-  compiled = jax.jit(fn, donate_argnums=() if case.carried is None
-                     else (case.carried,))
-  if case.carried is None:
-    return functools.partial(compiled, *args)
+def _timed_call(program, args, carried: Optional[int]):
+  """The compiled program on args, as a call of no arguments. A carried
+  (donated) argument is replaced by each call's new value."""
+  if carried is None:
+    return functools.partial(program, *args)
   args = list(args)
 
   def call():
-    out, args[case.carried] = compiled(*args)
+    out, args[carried] = program(*args)
     return out
   return call
 

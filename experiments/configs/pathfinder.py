@@ -15,11 +15,11 @@ Variants (after the colon):
   pathx_lra: the same protocol on pf128_hard (Path-X, 16,384 pixels).
   lra_cpu:   pf32_hard_small with the 2-layer d 64 model for 2 CPU cores;
              --config.data.builder_config=pf32_easy_small for the easy set.
-             A step takes 0.65-0.75 s on 2 cores (batch 32 x 1,024 tokens,
-             as lra_image's), so 1,500 steps take about 18 minutes after
-             the 3-4 minutes of drawing. At 2,000 steps, on a machine busy
-             with other work, the whole run took 32 minutes and ended at
-             chance (test 0.511): learning Pathfinder needs more steps.
+             On a quiet 2-core machine the whole run took 15.0 minutes:
+             2 min 47 s of drawing (24,000 images), then 1,500 steps of
+             0.45-0.48 s (batch 32 x 1,024 tokens). It ended at chance (test
+             accuracy 0.500, as at 2,000 steps: 0.511): learning Pathfinder
+             needs more steps than this budget.
 
   python -m experiments.train \
       --config=experiments/configs/pathfinder.py:lra_cpu \

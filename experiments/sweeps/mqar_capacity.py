@@ -1,0 +1,69 @@
+r"""Where do segment states run out? MQAR over lengths x key-value pairs.
+
+  python -m experiments.sweep --config=experiments/configs/mqar.py:cpu \
+      --sweep=experiments/sweeps/mqar_capacity.py:grid \
+      --workdir=runs/mqar_capacity --parallel=1
+
+Every setting spreads its queries uniformly (power_a 1) over the sequence,
+with vocabulary 64; the config's segments of 32 tokens put most queries
+segments away from their key (`python -m experiments.data_stats` gives the
+share per setting). Variants (after the colon):
+  calibrate: the transformer alone at the grid's corners and two peak
+             learning rates: the budget at which full attention solves the
+             task, before any other family runs (docs/long_range.md).
+  grid:      simmim, local and transformer at every length x pairs, 2
+             seeds (grid:SEEDS for another number).
+  levers:    SimMIM's levers at the grid's hardest settings, 2 seeds: k
+             states per segment, tokens attending over the states, the
+             segment length, the state key dimension, depth.
+"""
+
+from simmim_jax import sweep
+
+LENGTHS = (128, 256, 512)
+PAIRS = (4, 8, 16)
+FAMILIES = ('simmim', 'local', 'transformer')
+VOCAB = 64
+
+
+def setting(length: int, pairs: int) -> dict:
+  """The data fields of one MQAR setting."""
+  return {'data.builder_config': f'L{length}_kv{pairs}_v{VOCAB}_a1',
+          'data.max_len': length}
+
+
+SETTINGS = [setting(length, pairs) for length in LENGTHS for pairs in PAIRS]
+
+LEVERS = (
+    {},                                              # reference: k 1, merge
+    {'model.states_per_segment': 2},
+    {'model.states_per_segment': 4},
+    {'model.state_readout': 'attend'},
+    {'model.state_readout': 'attend', 'model.states_per_segment': 4},
+    {'model.segment_len': 16},
+    {'model.segment_len': 64},
+    {'model.state_key_dim': 16},
+    {'model.num_layers': 4},
+)
+LEVER_SETTINGS = (setting(256, 16), setting(512, 16))
+
+
+def get_sweep(variant: str = 'grid'):
+  name, _, seeds = variant.partition(':')
+  if seeds and (not seeds.isdigit() or int(seeds) < 1):
+    raise ValueError(f'seeds must be a positive integer, got {seeds!r}')
+  if name == 'calibrate':
+    corners = (setting(128, 8), setting(256, 16), setting(512, 16))
+    return sweep.with_seeds([
+        {**corner, 'model.family': 'transformer', 'learning_rate': rate}
+        for corner in corners for rate in (1e-3, 3e-3)], int(seeds or 1))
+  if name == 'grid':
+    return sweep.with_seeds(
+        [{**data, 'model.family': family}
+         for data in SETTINGS for family in FAMILIES], int(seeds or 2))
+  if name == 'levers':
+    return sweep.with_seeds(
+        [{**data, 'model.family': 'simmim', **lever}
+         for data in LEVER_SETTINGS for lever in LEVERS], int(seeds or 2))
+  raise ValueError(f"unknown variant {variant!r}: use 'calibrate', "
+                   "'grid[:SEEDS]' or 'levers[:SEEDS]'")
