@@ -20,7 +20,7 @@ TRAINING = ('quickstart.ipynb',)
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path, data_dir):
   # The kernel sees one device, as on a user's CPU (conftest.py's 8 fake
   # devices would make the quickstart train data parallel over 8).
   dropped = ['--xla_force_host_platform_device_count=8']
@@ -29,6 +29,10 @@ def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', ' '.join(
       flag for flag in os.environ.get('XLA_FLAGS', '').split()
       if flag not in dropped))
+  # The quickstart keeps its data in the temporary directory: point that at
+  # one holding the test run's prepared lra_listops/tiny (data_dir).
+  os.symlink(data_dir, tmp_path / 'simmim_jax_tfds')
+  monkeypatch.setenv('TMPDIR', str(tmp_path))
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
   notebook = nbformat.read(path, as_version=4)

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from simmim_jax.inference import decoding
@@ -108,6 +109,21 @@ def normal(seed: int, shape: tuple[int, ...], dtype,
   return (scale * draws).astype(dtype)
 
 
+def init_like(init: Callable[..., Any], *args: Any) -> Any:
+  """What `init(*args)` returns, with seeded normal draws (scale 0.02; zeros
+  for integer leaves) in place of the initialisers' values. A benchmark
+  times programs, whatever the parameters hold; drawn in NumPy from
+  `jax.eval_shape`'s shapes, nothing is compiled (an eager flax init
+  compiles each of its operations on its own)."""
+  rng = np.random.default_rng(1)
+
+  def draw(leaf):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    return jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype)
+  return jax.tree.map(draw, jax.eval_shape(init, *args))
+
+
 def qkv(sizes: Sizes, length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """q, k, v: each [1, length, heads, head_dim]."""
   shape = (1, length, sizes.num_heads, sizes.head_dim)
@@ -144,7 +160,8 @@ def _mha_workload(sizes: Sizes, length: int) -> Workload:
 
   def inputs():
     x = normal(0, (1, length, sizes.d_model), sizes.compute_dtype)
-    return module.init(jax.random.key(1), x[:, :sizes.segment_len]), x
+    return init_like(module.init, jax.random.key(1),
+                     x[:, :sizes.segment_len]), x
   return Workload(module.apply, inputs)
 
 
@@ -197,7 +214,8 @@ def _block_workload(config: ModelConfig, length: int) -> Workload:
 
   def inputs():
     x = normal(0, (1, length, config.d_model), config.compute_dtype)
-    return block.init(jax.random.key(1), x[:, :config.segment_len], None), x
+    return init_like(block.init, jax.random.key(1), x[:, :config.segment_len],
+                     None), x
   return Workload(lambda params, x: block.apply(params, x, None)[0], inputs)
 
 
@@ -250,7 +268,8 @@ def train_step_case(sizes: Sizes, family: str, length: int,
   def inputs():
     tokens = jax.random.randint(jax.random.key(0), (1, length), 0,
                                 sizes.vocab_size)
-    variables = model.init(jax.random.key(1), tokens[:, :sizes.segment_len])
+    variables = init_like(model.init, jax.random.key(1),
+                          tokens[:, :sizes.segment_len])
     state = steps.TrainState.create(
         apply_fn=model.apply, params=nn.unbox(variables['params']),
         tx=optax.adamw(1e-3), model_state=steps.model_state(variables))
@@ -277,7 +296,8 @@ def decode_case(sizes: Sizes, family: str, attention_kind: str,
 
   def inputs():
     tokens = jnp.zeros((1, sizes.segment_len), jnp.int32)
-    params = nn.unbox(model.init(jax.random.key(1), tokens)['params'])
+    params = nn.unbox(init_like(model.init, jax.random.key(1),
+                                tokens)['params'])
     cache = decoding.init_cache(model, params, 1, length)
     return (params, cache, jnp.zeros((1,), jnp.int32),
             jnp.full((1,), length - 1, jnp.int32))
