@@ -10,6 +10,7 @@ import pytest
 import simmim_jax
 from simmim_jax import ModelConfig
 from simmim_jax.inference import decoding
+from tests.random_params import random_params
 
 VOCAB = 13
 KINDS = [(family, 'softmax') for family in ('simmim', 'local', 'transformer')]
@@ -27,8 +28,7 @@ def _lm(family, attention_kind, levers=()):
                     d_model=16, num_heads=2, num_layers=2, mlp_dim=32,
                     max_len=32, segment_len=4, **dict(levers))
   model = simmim_jax.CausalLM(cfg)
-  params = jax.jit(model.init)(jax.random.key(0),
-                               jnp.zeros((1, 32), jnp.int32))['params']
+  params = random_params(model, jnp.zeros((1, 32), jnp.int32))['params']
   forward = jax.jit(lambda tokens: model.apply({'params': params}, tokens))
   return model, params, forward
 
@@ -226,9 +226,8 @@ def _seq2seq(encoder, decoder, attention_kind, cross_attention):
                     d_model=16, num_heads=2, num_layers=1, decoder_layers=2,
                     mlp_dim=32, max_len=24, target_len=15, segment_len=4)
   model = simmim_jax.Seq2Seq(cfg)
-  params = jax.jit(model.init)(jax.random.key(0),
-                               jnp.zeros((1, 24), jnp.int32),
-                               jnp.zeros((1, 15), jnp.int32))['params']
+  params = random_params(model, jnp.zeros((1, 24), jnp.int32),
+                         jnp.zeros((1, 15), jnp.int32))['params']
   forward = jax.jit(lambda source, mask, targets: model.apply(
       {'params': params}, source, targets, mask))
   return model, params, forward

@@ -1,7 +1,6 @@
 """Behaviour of the models: padding, causality, remat, jit, bad input."""
 
 import dataclasses
-import zlib
 
 import chex
 from flax import linen as nn
@@ -13,6 +12,7 @@ import pytest
 import simmim_jax
 from simmim_jax import ModelConfig
 from simmim_jax.models.attention_maps import attention_maps
+from tests.random_params import random_params
 
 FAMILIES = ('simmim', 'local', 'transformer')
 
@@ -28,24 +28,10 @@ def _tokens(rng, batch, length, vocab=17):
   return jnp.asarray(rng.integers(0, vocab, size=(batch, length)), jnp.int32)
 
 
-def _fill(path, leaf):
-  """A seeded random array of leaf's shape; the seed is its name, so equally
-  named parameters of two variants are equal."""
-  seed = zlib.crc32(jax.tree_util.keystr(path).encode())
-  return np.random.default_rng(seed).normal(
-      scale=0.3, size=leaf.shape).astype(leaf.dtype)
-
-
 def _init(model, *args):
-  """{'params': random parameters of the shapes model.init gives}.
-
-  jax.eval_shape compiles nothing: model.init's initialisers compile about
-  3x longer than an apply does, and these tests check the apply, not the
-  initial values (every test that trains runs model.init). The other
-  collections init makes are only read by an apply that may change them.
-  """
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)['params']
-  return {'params': jax.tree_util.tree_map_with_path(_fill, shapes)}
+  """Seeded random parameters of init's shapes (the other collections init
+  makes are only read by an apply that may change them)."""
+  return random_params(model, *args)
 
 
 # Each family once and each aggregator once: pooling does not depend on the
