@@ -12,11 +12,17 @@ import tempfile
 # The tests' programs are small and mostly compiled once: LLVM's optimisation
 # passes take longer than running them. Level 0 skips those passes (XLA's
 # own passes and floating-point semantics are unchanged) and cuts the
-# suite's compile time by about a third.
+# suite's compile time by about a third. XLA's CPU fusion emitters (the
+# default) build each fusion through MLIR, which costs more than the older
+# emitters for programs this small: turning them off cut the compile of a
+# one-layer SimMIM train step from 4.7 to 2.1 s, and the suite's CPU time
+# (tests and the processes they start) from about 1,130 to 670 s, with
+# every test passing unchanged.
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''),
      '--xla_force_host_platform_device_count=8',
-     '--xla_backend_optimization_level=0']).strip()
+     '--xla_backend_optimization_level=0',
+     '--xla_cpu_use_fusion_emitters=false']).strip()
 
 # One compilation cache per test run, shared by both test processes and the
 # subprocesses they start: the many small training runs, restarts after
