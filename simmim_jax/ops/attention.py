@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from simmim_jax import checks
+from simmim_jax.ops import attention_kernels
 
 
 def masked_softmax(scores: jax.Array,
@@ -80,7 +81,8 @@ def segment_mask(mask: Optional[jax.Array], batch: int, length: int,
 
 def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                       segment_len: int, *, mask: Optional[jax.Array] = None,
-                      causal: bool = False) -> jax.Array:
+                      causal: bool = False,
+                      implementation: Optional[str] = None) -> jax.Array:
   """Self-attention restricted to segments of `segment_len` positions.
 
   Position t belongs to segment t // segment_len and attends only to the real
@@ -94,6 +96,13 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     segment_len: positive int.
     mask: optional [batch, length] bool, True = real token.
     causal: restrict keys to positions <= the query's.
+    implementation: None picks the fastest for the backend and dtype: the
+      loop below on CPU, cuDNN flash attention on GPU for bf16/fp16, splash
+      attention on TPU when 128 divides segment_len, else 'xla' (the
+      segments as a batch of small dense attentions, autodiff backward).
+      'loop', 'xla', 'cudnn' and 'splash' force one; a path that cannot
+      take the inputs raises ValueError. 'cudnn' reads the mask as lengths:
+      real tokens first in each row (attention_kernels.py).
 
   Returns:
     [batch, length, heads, head_dim] in q's dtype; a query with no allowed key
@@ -104,7 +113,37 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   checks.mask(mask, q.shape[:2])
   if mask is not None:
     mask = mask.astype(bool)
+  path = attention_kernels.choose_implementation(
+      implementation, dtype=q.dtype, head_dim=q.shape[-1],
+      segment_len=segment_len)
+  if path == 'xla':
+    return _xla_segment_attention(q, k, v, mask, segment_len, causal)
+  if path == 'cudnn':
+    return attention_kernels.cudnn_segment_attention(q, k, v, mask,
+                                                     segment_len, causal)
+  if path == 'splash':
+    return attention_kernels.splash_segment_attention(q, k, v, mask,
+                                                      segment_len, causal)
   return _segment_attention(q, k, v, mask, segment_len, causal, _Levers())
+
+
+def _xla_segment_attention(q, k, v, mask, segment_len, causal):
+  """The segments as a batch of dense attentions, [batch * num_segments,
+  segment_len, ...], differentiated by autodiff."""
+  batch, length = q.shape[:2]
+  key_mask = segment_key_mask(mask, batch, length, segment_len)
+  allowed = None if key_mask is None else key_mask.reshape(
+      -1, 1, 1, segment_len)
+  if causal:
+    lower = jnp.tril(jnp.ones((segment_len, segment_len), bool))
+    allowed = lower if allowed is None else allowed & lower
+
+  def cut(x):
+    return split_segments(x, segment_len).reshape(-1, segment_len,
+                                                  *x.shape[2:])
+
+  out = masked_attention(cut(q), cut(k), cut(v), allowed)
+  return merge_segments(out.reshape(batch, -1, *out.shape[1:]), length)
 
 
 # On CPU, segment attention runs as a loop over steps of a few segments in the
@@ -427,29 +466,33 @@ def segment_key_mask(mask: Optional[jax.Array], batch: int, length: int,
 
 
 def full_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                   mask: Optional[jax.Array] = None,
-                   causal: bool = False) -> jax.Array:
+                   mask: Optional[jax.Array] = None, causal: bool = False,
+                   implementation: Optional[str] = None) -> jax.Array:
   """Ordinary attention over the whole sequence (the O(length^2) baseline).
 
   Same shapes, masking and numbers as `segment_attention` with a single
-  segment; a wholly masked row gives zeros.
+  segment, and the same `implementation` choices, so the transformer
+  baseline runs on the same kernels; a wholly masked row gives zeros.
   """
   _check_qkv(q, k, v)
   batch, length = q.shape[:2]
   checks.mask(mask, (batch, length))
   if mask is not None:
     mask = mask.astype(bool)
-  if jax.default_backend() == 'cpu':
-    # The segment kernel's loop over rows is 1.6-1.9x faster than XLA's
-    # dot_product_attention on CPU, which builds [batch, heads, length,
-    # length] in a transposed layout (BENCHMARKS.md, "Full attention on CPU").
-    return _segment_attention(q, k, v, mask, length, causal, _Levers())
-  key_mask = None if mask is None else mask[:, None, None, :]
-  out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
-  if mask is None:
-    return out
-  # dot_product_attention averages every value for a row without keys.
-  return out * mask.any(axis=1)[:, None, None, None].astype(out.dtype)
+  path = attention_kernels.choose_implementation(
+      implementation, dtype=q.dtype, head_dim=q.shape[-1], segment_len=None)
+  if path == 'cudnn':
+    return attention_kernels.cudnn_segment_attention(q, k, v, mask, length,
+                                                     causal)
+  if path == 'splash':
+    return attention_kernels.splash_segment_attention(q, k, v, mask, None,
+                                                      causal)
+  if path == 'xla':
+    return _xla_segment_attention(q, k, v, mask, length, causal)
+  # The segment kernel's loop over rows is 1.6-1.9x faster than XLA's
+  # dot_product_attention on CPU, which builds [batch, heads, length,
+  # length] in a transposed layout (BENCHMARKS.md, "Full attention on CPU").
+  return _segment_attention(q, k, v, mask, length, causal, _Levers())
 
 
 def cross_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
