@@ -151,22 +151,25 @@ def test_states_carry_information_between_segments(rng, family):
 def test_remat_equals_no_remat(rng, head):
   cfg = _config(head=head, dropout_rate=0.0)
   tokens = _tokens(rng, 2, 13)
-  model = simmim_jax.build_model(cfg)
-  remat_model = simmim_jax.build_model(dataclasses.replace(cfg, remat=True))
-  params = _init(model, tokens)
+  models = [simmim_jax.build_model(dataclasses.replace(cfg, remat=policy))
+            for policy in ('none', 'full', 'projections')]
+  params = _init(models[0], tokens)
 
   def loss_and_grad(m, params, tokens):
     return jax.value_and_grad(lambda p: m.apply(p, tokens).sum())(params)
 
-  # One program (one compile) for both models. Each gets its own copy of
-  # the arguments, so XLA cannot share any computation between the two.
-  (loss, grads), (remat_loss, remat_grads) = jax.jit(
-      lambda p, t, remat_p, remat_t: (
-          loss_and_grad(model, p, t),
-          loss_and_grad(remat_model, remat_p, remat_t)))(
-              params, tokens, jax.tree.map(np.copy, params), np.copy(tokens))
-  np.testing.assert_allclose(loss, remat_loss, rtol=1e-6)
-  chex.assert_trees_all_close(grads, remat_grads, rtol=1e-4, atol=1e-5)
+  # One program (one compile) for the three models. Each gets its own copy
+  # of the arguments, so XLA cannot share any computation between them.
+  (loss, grads), *rematerialised = jax.jit(
+      lambda args: [loss_and_grad(m, p, t) for m, (p, t) in zip(models, args)])(
+          [(jax.tree.map(np.copy, params), np.copy(tokens))
+           for _ in models])
+  for remat_loss, remat_grads in rematerialised:
+    np.testing.assert_allclose(loss, remat_loss, rtol=1e-6)
+    chex.assert_trees_all_close(grads, remat_grads, rtol=1e-4, atol=1e-5)
+  # Configs saved before the policies had names read True / False.
+  assert dataclasses.replace(cfg, remat=True).remat == 'full'
+  assert dataclasses.replace(cfg, remat=False).remat == 'none'
 
 
 class JitTest(chex.TestCase):
@@ -298,7 +301,7 @@ def test_bad_model_inputs(rng):
     ({'dropout_rate': 1.0}, 'dropout_rate'),
     ({'num_levels': 0}, 'num_levels'),
     ({'dtype': 'float8'}, 'dtype must be one of'),
-    ({'remat': 'yes'}, 'remat must be True or False'),
+    ({'remat': 'yes'}, r"remat must be one of \['none', 'full', 'proj"),
 ])
 def test_bad_config(change, message):
   with pytest.raises(ValueError, match=message):

@@ -10,11 +10,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import simmim_jax.data  # noqa: F401  (registers lra_listops)
 from simmim_jax.training import metrics as metrics_lib
+from simmim_jax.training import run_dir
 from simmim_jax.training import steps
 from simmim_jax.training import train
 from tests import train_worker
@@ -89,6 +91,25 @@ def test_keeps_the_best_checkpoint_besides_the_latest(tmp_path, data_dir):
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
   assert kept[-2:] == [6, 8] and results['best']['step'] in kept
   assert len(kept) <= 3
+
+
+def test_bf16_precision_trains_over_float32_parameters(tmp_path, data_dir):
+  config = train_worker.small_config(data_dir, precision='bf16',
+                                     first_moment_dtype='bfloat16')
+  state, results = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(results['final']['eval_loss'])
+  losses = [r['train_loss'] for r in metrics_lib.read_metrics(str(tmp_path))
+            if 'train_loss' in r]
+  assert len(losses) == 6 and np.all(np.isfinite(losses))
+  run = run_dir.load_run(str(tmp_path), 'latest')
+  assert run.model.config.dtype == 'bfloat16'
+  assert run.model.config.param_dtype == 'float32'
+  dtypes = {x.dtype for x in jax.tree.leaves(run.params)}
+  assert dtypes == {np.dtype('float32')}, dtypes
+  moments = [s.mu for s in jax.tree.leaves(
+      state.opt_state, is_leaf=lambda s: hasattr(s, 'mu')) if hasattr(s, 'mu')]
+  assert moments and {x.dtype for m in moments for x in jax.tree.leaves(m)
+                      } == {jnp.dtype(jnp.bfloat16)}
 
 
 @pytest.fixture(scope='module')
@@ -251,11 +272,17 @@ def test_two_processes_train_in_agreement(tmp_path, data_dir):
     ('objective', 'mlm', "objective must be 'supervised' or 'masked'"),
     ('masking.mode', 'random', 'masking.mode must be one of'),
     ('masking.ratio', 1.0, r'masking.ratio must be in \(0, 1\)'),
+    ('precision', 'fp16', r"precision must be one of \['float32', 'bf16'\]"),
+    ('first_moment_dtype', 'int8', "first_moment_dtype must be 'float32'"),
+    ('model.param_dtype', 'bfloat16', None),
 ])
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, data_dir, field,
                                                     value, message):
   config = train_worker.small_config(data_dir,
                                      **{'mesh.shape': (4, 1), field: value})
+  if message is None:  # only wrong with bf16, which keeps float32 parameters
+    config.precision = 'bf16'
+    message = r"precision='bf16' .* model.param_dtype \('bfloat16'\)"
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')

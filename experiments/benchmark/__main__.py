@@ -2,7 +2,7 @@ r"""Runs the benchmark suite (suite.py here) and prints its tables.
 
   python -m experiments.benchmark --out_dir=runs/benchmark \
       [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
-      [--remat] [--groups=op,layer,train_step,decode]
+      [--remat=none|full|projections] [--groups=op,layer,train_step,decode]
 
 Writes benchmark.json, benchmark.md, time_vs_length.png,
 memory_vs_length.png and (with decoding cases) cache_vs_length.png into
@@ -23,6 +23,7 @@ from experiments.benchmark import cases as benchmark_cases
 from experiments.benchmark import report as benchmark_report
 from experiments.benchmark import suite as benchmarks
 from simmim_jax import checks
+from simmim_jax.models import model_config
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'where the results go')
 _QUICK = flags.DEFINE_bool('quick', False, 'tiny sizes and short lengths')
@@ -32,9 +33,11 @@ _REPEATS = flags.DEFINE_integer('repeats', None,
                                 'timed calls per case after a warm-up')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'inputs and compute dtype (softmax stays float32)')
-_REMAT = flags.DEFINE_bool(
-    'remat', False, 'rematerialise each block of the layer and train-step '
-    'models in the backward (jax.checkpoint)')
+_REMAT = flags.DEFINE_enum(
+    'remat', 'none', list(model_config.REMAT_POLICIES),
+    'what each block of the layer and train-step models keeps for the '
+    "backward: everything, only its input ('full'), or its dense "
+    "projections' outputs ('projections'); see ModelConfig.remat")
 _MEMORY_BUDGET = flags.DEFINE_float(
     'memory_budget_gib', None, 'do not run cases whose compiled peak memory '
     'exceeds this (GiB)')

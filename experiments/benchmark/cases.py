@@ -59,7 +59,8 @@ class Sizes:
   num_layers: int = 2          # depth of the train-step models
   vocab_size: int = 256
   dtype: str = 'float32'       # inputs and compute; softmax stays float32
-  remat: bool = False          # rematerialise each block in the backward
+  remat: str = 'none'          # ModelConfig.remat: 'none' | 'full' |
+                               # 'projections'
 
   @property
   def d_model(self) -> int:

@@ -128,6 +128,13 @@ def _op_notes(sizes: dict[str, Any]) -> str:
       "w.r.t. every float input (and parameters)."])
 
 
+def _remat_note(remat) -> str:
+  """The sizes line's remat clause; reports made before the policies had
+  names hold True / False."""
+  policy = {True: 'full', False: 'none', None: 'none'}.get(remat, remat)
+  return '' if policy == 'none' else f', blocks rematerialised ({policy})'
+
+
 def _machine(report: dict[str, Any]) -> str:
   """The command, machine and settings of the run."""
   m, config = report['machine'], report['config']
@@ -148,7 +155,7 @@ def _machine(report: dict[str, Any]) -> str:
       f"{sizes['head_dim']} (d_model "
       f"{sizes['num_heads'] * sizes['head_dim']}), segment_len "
       f"{sizes['segment_len']}, mlp_dim {sizes['mlp_dim']}"
-      f"{', blocks rematerialised' if sizes.get('remat') else ''}; median of "
+      f"{_remat_note(sizes.get('remat'))}; median of "
       f"{config['repeats']} calls after a warm-up call. Not run (time '-'): "
       f"compiled peak > {config['memory_budget_gib']:g} GiB, or predicted "
       f"time per call > {config['max_seconds_per_call']:g} s (FLOPs at the "

@@ -21,6 +21,11 @@ POOLINGS = ('hierarchical', 'mean')
 POSITIONS = ('learned', 'sinusoidal')
 ATTENTION_KINDS = ('softmax', 'templates')
 TEMPLATE_UPDATES = ('vq', 'ema')
+# What a block keeps for backprop: everything ('none'), only its input
+# ('full'), or the outputs of its dense projections (q, k, v, out and the
+# MLP's: the matmuls without batch dimensions), recomputing attention and the
+# elementwise ops ('projections', maxtext's 'minimal').
+REMAT_POLICIES = ('none', 'full', 'projections')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
 
@@ -64,7 +69,8 @@ class ModelConfig:
   dropout_rate: float = 0.0        # on every residual branch
   dtype: str = 'float32'           # compute dtype; softmax stays float32
   param_dtype: str = 'float32'     # storage dtype of parameters
-  remat: bool = False              # rematerialise each block in backprop
+  remat: str = 'none'              # REMAT_POLICIES; True/False (older
+                                   # runs' configs) read as 'full'/'none'
   attention_kind: str = 'softmax'  # token attention: 'softmax' | 'templates'
   num_templates: int = 16          # templates per head ('templates')
   commitment_cost: float = 0.25    # VQ commitment weight ('templates')
@@ -85,6 +91,8 @@ class ModelConfig:
   tied_output: bool = True
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
     for name in ('vocab_size', 'num_classes', 'd_model', 'num_heads',
                  'num_layers', 'mlp_dim', 'max_len', 'segment_len',
                  'num_templates', 'states_per_segment'):
@@ -104,6 +112,7 @@ class ModelConfig:
     _one_of('template_update', self.template_update, TEMPLATE_UPDATES)
     _one_of('cross_attention', self.cross_attention, CROSS_ATTENTIONS)
     _one_of('state_readout', self.state_readout, STATE_READOUTS)
+    _one_of('remat', self.remat, REMAT_POLICIES)
     if self.states_per_segment > self.segment_len:
       raise ConfigError(
           f'states_per_segment ({self.states_per_segment}) exceeds '
@@ -128,7 +137,7 @@ class ModelConfig:
                         f'{self.d_model}')
     checks.number(self.dropout_rate, 'dropout_rate', high=1)
     for name in ('segment_states', 'exclude_self', 'ffn_merge',
-                 'per_level_weights', 'remat', 'tied_output'):
+                 'per_level_weights', 'tied_output'):
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f'{name} must be True or False, got '
                           f'{getattr(self, name)!r}')

@@ -98,8 +98,10 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     block = layers.SMIBlock
-    if cfg.remat and positions is None:  # remat only matters in backprop
-      block = nn.remat(block, prevent_cse=False)
+    if cfg.remat != 'none' and positions is None:  # only backprop needs it
+      block = nn.remat(block, prevent_cse=False, policy=(
+          jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+          if cfg.remat == 'projections' else None))
     per_layer = ('params', 'intermediates', 'losses', template_layer.STATS,
                  template_layer.PARAM_UPDATES,
                  template_layer.TEMPLATE_MEMORY)

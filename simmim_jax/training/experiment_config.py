@@ -22,6 +22,9 @@ from simmim_jax.training import optim
 from simmim_jax.training import sharding
 from simmim_jax.training import steps
 
+# config.precision -> the model's compute dtype (parameters stay float32).
+PRECISIONS = {'float32': 'float32', 'bf16': 'bfloat16'}
+
 # Model fields the trainer fills in from the data (see `model_config`).
 DATA_DERIVED_MODEL_FIELDS = ('vocab_size', 'num_classes', 'head', 'max_len',
                              'target_len')
@@ -61,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.98            # AdamW beta2
   config.grad_clip_norm = 1.0      # global-norm clipping; 0 disables
   config.label_smoothing = 0.0     # cross-entropy label smoothing
+  # 'float32' | 'bf16': bf16 matmuls and activations over float32 master
+  # parameters and optimizer state; softmax, logits and loss stay float32.
+  config.precision = 'float32'
+  config.first_moment_dtype = 'float32'  # AdamW's first moment: or 'bfloat16'
   config.log_every = 50            # train metrics every N steps
   config.eval_every = 500          # eval (and checkpoint) every N steps
   config.eval_split = 'validation'  # split evaluated during training
@@ -135,6 +142,8 @@ def model_config(config, datasets, *,
       after the data's: the mask token.
   """
   fields = config.model.to_dict()
+  if config.get('precision', 'float32') == 'bf16':
+    fields['dtype'] = PRECISIONS['bf16']
   masked = config.objective == 'masked'
   derived = {'vocab_size': datasets.vocab_size + (
                  masked or init_objective == 'masked'),
@@ -158,6 +167,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_known(config, base_config())
   _check_steps(config)
   _check_optimizer(config)
+  _check_precision(config)
   _check_init(config)
   _check_objective(config)
   data.validate_data_config(config.data)
@@ -201,6 +211,23 @@ def _check_optimizer(config) -> None:
   if config.trainable != 'all' and config.model.attention_kind != 'templates':
     raise ConfigError("trainable='templates_and_head' needs "
                       "model.attention_kind='templates'")
+
+
+def _check_precision(config) -> None:
+  """The mixed-precision preset and the optimizer state's dtype."""
+  if config.precision not in PRECISIONS:
+    raise ConfigError(f'precision must be one of {list(PRECISIONS)}, got '
+                      f'{config.precision!r}')
+  if config.first_moment_dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f"first_moment_dtype must be 'float32' or 'bfloat16', "
+                      f'got {config.first_moment_dtype!r}')
+  if config.precision == 'bf16' and (config.model.param_dtype != 'float32'
+                                     or config.model.dtype not in PRECISIONS
+                                     .values()):
+    raise ConfigError(
+        f"precision='bf16' computes in bfloat16 over float32 parameters: "
+        f'leave model.dtype ({config.model.dtype!r}) and model.param_dtype '
+        f'({config.model.param_dtype!r}) unset')
 
 
 def _check_init(config) -> None:

@@ -78,7 +78,8 @@ def make_optimizer(config: ml_collections.ConfigDict
   outside `config.trainable` get zero updates."""
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.adam_b1,
                       b2=config.adam_b2, weight_decay=config.weight_decay,
-                      mask=decay_mask)
+                      mask=decay_mask, mu_dtype=jnp.dtype(config.get(
+                          'first_moment_dtype', 'float32')))
   if config.grad_clip_norm:
     adamw = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
                         adamw)
