@@ -12,12 +12,14 @@ else (a bug, a NaN loss, running out of memory) keeps its traceback.
 """
 
 import contextlib
+import os
 import re
 import sys
 from typing import Callable, Iterator, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from simmim_jax import checks
@@ -48,6 +50,19 @@ def user_errors(kinds: tuple[type[BaseException], ...] = (
     raise
   except kinds as error:
     raise checks.ConfigError(checks.describe(error)) from error
+
+
+def enable_compilation_cache(directory: str) -> str:
+  """Turns on JAX's persistent compilation cache in `directory` ('' = off)
+  and returns the directory in use: a rerun, a resumed run or a sweep's
+  next point loads the programs it compiled before instead of compiling
+  them again. $JAX_COMPILATION_CACHE_DIR, when set, wins."""
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return os.environ['JAX_COMPILATION_CACHE_DIR']
+  if directory:
+    directory = os.path.expanduser(directory)
+    jax.config.update('jax_compilation_cache_dir', directory)
+  return directory
 
 
 def int_list(values: Sequence[str], flag: str) -> tuple[int, ...]:

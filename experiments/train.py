@@ -38,6 +38,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   with cli.user_errors():  # a bad config fails before anything starts
     validate_config(_CONFIG.value)
+  cli.enable_compilation_cache(_CONFIG.value.compilation_cache_dir)
   if _DISTRIBUTED.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)

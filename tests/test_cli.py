@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -118,3 +119,18 @@ def test_number_and_integer_messages_name_the_field():
   with pytest.raises(ValueError, match='n must be an integer >= 2, got True'):
     checks.integer(True, 'n', minimum=2)
   assert checks.integer(np.int64(3), 'n') == 3
+
+
+def test_the_compilation_cache_is_on_where_the_config_says(tmp_path,
+                                                           monkeypatch):
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    # The test run's own cache ($JAX_COMPILATION_CACHE_DIR) wins.
+    assert cli.enable_compilation_cache(str(tmp_path)) == before
+    monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR')
+    assert cli.enable_compilation_cache('') == ''
+    assert jax.config.jax_compilation_cache_dir == before
+    assert cli.enable_compilation_cache(str(tmp_path)) == str(tmp_path)
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)

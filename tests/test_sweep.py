@@ -100,6 +100,19 @@ def test_a_directory_of_another_config_is_refused(tmp_path):
   assert sorted(os.listdir(directory)) == ['config.json']  # untouched
 
 
+def test_a_run_saved_by_older_code_is_the_same_config(tmp_path):
+  point, = sweep.make_points(TINY, [{'seed': 3}])
+  saved = json.loads(point.config.to_json())
+  saved['model']['remat'] = False  # before remat policies had names
+  saved['compilation_cache_dir'] = '/elsewhere'  # changes nothing computed
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert sweep.config_mismatch(point, str(tmp_path)) == []
+  saved['model']['remat'] = True
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert sweep.config_mismatch(point, str(tmp_path)) == [
+      "model.remat: saved 'full', point 'none'"]
+
+
 def test_a_fine_tuning_point_copied_from_another_sweep_is_its_own(tmp_path):
   masked = {'objective': 'masked', 'best_metric': 'eval_masked_accuracy',
             'seed': 3}

@@ -32,7 +32,7 @@ from simmim_jax.training.experiment_config import validate_config
 
 # Config fields that change nothing a run computes; ignored when comparing
 # a directory's saved config with a point's.
-IGNORED_FIELDS = ('progress',)
+IGNORED_FIELDS = ('progress', 'compilation_cache_dir')
 _MAX_NAME = 80
 _NAMED_LAST = ('best_metric', 'best_mode', 'objective')  # left out first
 
@@ -272,7 +272,14 @@ def _get(config, dotted: str):
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in config_dict.items() if k not in IGNORED_FIELDS}
+  comparable = {k: v for k, v in config_dict.items()
+                if k not in IGNORED_FIELDS}
+  model = comparable.get('model')
+  if isinstance(model, dict) and isinstance(model.get('remat'), bool):
+    # Saved before the remat policies had names.
+    comparable['model'] = {**model,
+                           'remat': 'full' if model['remat'] else 'none'}
+  return comparable
 
 
 def config_mismatch(point: Point, directory: str) -> list[str]:

@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.best_metric = 'eval_accuracy'
   config.best_mode = 'max'         # 'max' | 'min' for best_metric
   config.progress = True           # progress bar with ETA on the terminal
+  # JAX's persistent compilation cache, turned on by experiments.train: a
+  # rerun or resume loads its compiled programs ('' = off;
+  # $JAX_COMPILATION_CACHE_DIR, when set, wins).
+  config.compilation_cache_dir = '~/.cache/simmim_jax/jax_cache'
   # Start from another run's trained parameters (its workdir; '' = none);
   # a template model gets its library per template_init.
   config.init_from = ''
