@@ -100,7 +100,11 @@ def test_train_step_and_compile_rows(report):
   depths = [r['num_layers'] for r in report['compile_vs_depth']]
   assert depths == list(CONFIG.compile_depths)
   assert CONFIG.sizes.num_layers in depths and len(depths) > 1
-  assert all(r['compile_seconds'] > 0 for r in report['compile_vs_depth'])
+  for row in report['compile_vs_depth']:
+    # Cold: compiled by XLA; warm: loaded from the persistent cache.
+    assert not row['cache_hit'] and row['xla_compile_seconds'] > 0, row
+    assert row['warm_cache_hit'] and row['warm_xla_compile_seconds'] == 0
+    assert row['warm_compile_seconds'] > 0
 
 
 def test_decode_cache_grows_with_context_only_for_the_transformer(report):

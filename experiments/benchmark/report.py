@@ -173,10 +173,20 @@ def _ceiling(ceiling: dict[str, Any]) -> str:
 
 
 def _compile_table(compile_rows: Sequence[Row]) -> str:
+  def warm(r):
+    if r.get('warm_compile_seconds') is None:  # reports made before
+      return '-'
+    return (f"{r['warm_compile_seconds']:.2f} "
+            f"({'cache hit' if r['warm_cache_hit'] else 'compiled'})")
+
   return _table(
-      ['model', 'layers', 'length', 'compile s', 'GFLOP', 'peak MiB'],
+      ['model', 'layers', 'length', 'cold s (XLA compile s)',
+       'warm s (persistent cache)', 'GFLOP', 'peak MiB'],
       [[r['name'], str(r['num_layers']), str(r['length']),
-        f"{r['compile_seconds']:.2f}", f"{r['flops'] / 1e9:.4g}",
+        f"{r['compile_seconds']:.2f}"
+        + (f" ({r['xla_compile_seconds']:.2f})"
+           if r.get('xla_compile_seconds') is not None else ''),
+        warm(r), f"{r['flops'] / 1e9:.4g}",
         f"{r['peak_bytes'] / 2**20:.1f}"] for r in compile_rows])
 
 

@@ -13,18 +13,23 @@ compiled peak exceeds the memory budget, or whose predicted time per call
 exceeds `max_seconds_per_call`, is costed but not run (time None).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
 import platform
+import shutil
 import sys
-from typing import Any, Optional, Sequence
+import tempfile
+from typing import Any, Iterator, Optional, Sequence
 
 from absl import logging
 import flax
 import jax
+from jax._src import dispatch  # the name of XLA's compile event
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
@@ -60,6 +65,9 @@ class BenchmarkConfig:
   decode_kinds: tuple[tuple[str, str], ...] = cases.DECODE_KINDS
   memory_budget_gib: float = 12.0  # larger compiled peaks are not run
   max_seconds_per_call: float = 15.0  # nor those predicted slower per call
+  # JAX's persistent compilation cache for the run ('': a fresh temporary
+  # directory, so the cold compiles are cold); every program is kept.
+  compilation_cache_dir: str = ''
 
 
 QUICK = BenchmarkConfig(
@@ -259,30 +267,55 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
   return rows
 
 
-def compile_vs_depth(config: BenchmarkConfig,
-                     rows: Sequence[Row]) -> list[Row]:
+def compile_vs_depth(config: BenchmarkConfig) -> list[Row]:
   """Train-step compile seconds per family and depth, at the first length
-  (blocks are under nn.scan: the program should not grow with depth). The
-  train-step `rows` already hold the cost at their own depth."""
-  compiled = {(r['name'], r['length']): r for r in rows
-              if r['group'] == 'train_step'}
-  length = config.lengths[0]
+  (blocks are under nn.scan: the program should not grow with depth), cold
+  and warm: with JAX's in-memory caches cleared, first with the program not
+  in the persistent compilation cache (tracing, lowering, XLA's compile and
+  writing it), then again, loading it from there (`run` turns the cache
+  on). Each also gives the seconds XLA's compile took and whether the
+  persistent cache answered."""
   out = []
   if 'train_step' not in config.groups:
     return out
+  length = config.lengths[0]
   for family in config.compile_families:
     for depth in config.compile_depths:
       case = cases.train_step_case(config.sizes, family, length, depth)
-      cost = None
-      if depth == config.sizes.num_layers:
-        cost = compiled.get((case.name, length))
-      if cost is None:
-        cost = compiled_cost(case.modes[cases.TRAIN_STEP],
-                             *jax.eval_shape(case.inputs))
-      out.append({'name': case.name, 'num_layers': depth, 'length': length,
-                  'compile_seconds': cost['compile_seconds'],
-                  'flops': cost['flops'], 'peak_bytes': cost['peak_bytes']})
+      specs = jax.eval_shape(case.inputs)
+      row = {'name': case.name, 'num_layers': depth, 'length': length}
+      for prefix in ('', 'warm_'):
+        jax.clear_caches()
+        with _compile_events() as events:
+          cost = compiled_cost(case.modes[cases.TRAIN_STEP], *specs)
+        row.update({f'{prefix}compile_seconds': cost['compile_seconds'],
+                    f'{prefix}xla_compile_seconds': events['xla_seconds'],
+                    f'{prefix}cache_hit': events['cache_hits'] > 0})
+      out.append({**row, 'flops': cost['flops'],
+                  'peak_bytes': cost['peak_bytes']})
   return out
+
+
+@contextlib.contextmanager
+def _compile_events() -> Iterator[dict[str, float]]:
+  """Seconds in XLA's compile and persistent-cache hits during the block."""
+  events = {'xla_seconds': 0.0, 'cache_hits': 0}
+
+  def on_duration(event, seconds, **_):
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      events['xla_seconds'] += seconds
+
+  def on_event(event, **_):
+    if event == '/jax/compilation_cache/cache_hits':
+      events['cache_hits'] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  jax.monitoring.register_event_listener(on_event)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_duration)
+    jax.monitoring.unregister_event_listener(on_event)
 
 
 def _cpu_model() -> str:
@@ -329,6 +362,40 @@ def run(config: BenchmarkConfig, out_dir: str,
     raise ValueError(f'unknown benchmark groups {sorted(unknown)}: choose '
                      f'from {cases.GROUPS}')
   os.makedirs(out_dir, exist_ok=True)
+  with persistent_cache(config.compilation_cache_dir):
+    report = _measure(config, command)
+  with open(os.path.join(out_dir, 'benchmark.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(out_dir, 'benchmark.md'), 'w') as f:
+    f.write(benchmark_report.to_markdown(report))
+  benchmark_report.save_plots(report['rows'], out_dir)
+  return report
+
+
+@contextlib.contextmanager
+def persistent_cache(directory: str) -> Iterator[str]:
+  """JAX's persistent compilation cache in `directory` (a fresh temporary
+  one when ''), keeping every program, for the block; restored after."""
+  temporary = None if directory else tempfile.mkdtemp(
+      prefix='simmim_jax_benchmark_cache_')
+  saved = {name: getattr(jax.config, name) for name in (
+      'jax_compilation_cache_dir',
+      'jax_persistent_cache_min_compile_time_secs')}
+  jax.config.update('jax_compilation_cache_dir', directory or temporary)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  compilation_cache.reset_cache()
+  try:
+    yield directory or temporary
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
+    if temporary:
+      shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _measure(config: BenchmarkConfig,
+             command: Optional[Sequence[str]]) -> dict[str, Any]:
   torch, unavailable = import_torch()
   ceiling = measure_ceiling(config.ceiling_size, config.sizes.compute_dtype,
                             config.repeats)
@@ -339,14 +406,8 @@ def run(config: BenchmarkConfig, out_dir: str,
       config.decode_kinds) if case.group in config.groups]
   rows = measure_cases(all_cases, config, ceiling_flops)
   rows += torch_rows(torch, unavailable, config, rows, ceiling_flops)
-  report = {
+  return {
       'machine': machine(torch, sys.argv if command is None else command),
       'config': dataclasses.asdict(config), 'ceiling': ceiling, 'rows': rows,
-      'compile_vs_depth': compile_vs_depth(config, rows),
+      'compile_vs_depth': compile_vs_depth(config),
       'slopes': benchmark_report.slopes(rows)}
-  with open(os.path.join(out_dir, 'benchmark.json'), 'w') as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(out_dir, 'benchmark.md'), 'w') as f:
-    f.write(benchmark_report.to_markdown(report))
-  benchmark_report.save_plots(rows, out_dir)
-  return report
