@@ -48,9 +48,6 @@ _MAX_SECONDS = flags.DEFINE_float(
 _GROUPS = flags.DEFINE_list(
     'groups', None, "which cases: any of 'op', 'layer', 'train_step', "
     "'decode' (default: all)")
-_CACHE_DIR = flags.DEFINE_string(
-    'compilation_cache_dir', '', "JAX's persistent compilation cache for the "
-    "run ('': a fresh temporary directory, so cold compiles are cold)")
 flags.mark_flag_as_required('out_dir')
 
 
@@ -59,8 +56,7 @@ def config_from_flags() -> benchmarks.BenchmarkConfig:
   raises a ConfigError naming it."""
   config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
   changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value,
-                                          remat=_REMAT.value),
-             'compilation_cache_dir': _CACHE_DIR.value}
+                                          remat=_REMAT.value)}
   if _GROUPS.value:
     unknown = sorted(set(_GROUPS.value) - set(benchmark_cases.GROUPS))
     if unknown:

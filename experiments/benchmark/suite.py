@@ -65,9 +65,6 @@ class BenchmarkConfig:
   decode_kinds: tuple[tuple[str, str], ...] = cases.DECODE_KINDS
   memory_budget_gib: float = 12.0  # larger compiled peaks are not run
   max_seconds_per_call: float = 15.0  # nor those predicted slower per call
-  # JAX's persistent compilation cache for the run ('': a fresh temporary
-  # directory, so the cold compiles are cold); every program is kept.
-  compilation_cache_dir: str = ''
 
 
 QUICK = BenchmarkConfig(
@@ -271,29 +268,31 @@ def compile_vs_depth(config: BenchmarkConfig) -> list[Row]:
   """Train-step compile seconds per family and depth, at the first length
   (blocks are under nn.scan: the program should not grow with depth), cold
   and warm: with JAX's in-memory caches cleared, first with the program not
-  in the persistent compilation cache (tracing, lowering, XLA's compile and
-  writing it), then again, loading it from there (`run` turns the cache
-  on). Each also gives the seconds XLA's compile took and whether the
-  persistent cache answered."""
-  out = []
+  in a fresh persistent compilation cache (tracing, lowering, XLA's compile
+  and writing it), then again, loading it from there. Each also gives the
+  seconds XLA's compile took and whether the persistent cache answered."""
   if 'train_step' not in config.groups:
-    return out
-  length = config.lengths[0]
-  for family in config.compile_families:
-    for depth in config.compile_depths:
-      case = cases.train_step_case(config.sizes, family, length, depth)
-      specs = jax.eval_shape(case.inputs)
-      row = {'name': case.name, 'num_layers': depth, 'length': length}
-      for prefix in ('', 'warm_'):
-        jax.clear_caches()
-        with _compile_events() as events:
-          cost = compiled_cost(case.modes[cases.TRAIN_STEP], *specs)
-        row.update({f'{prefix}compile_seconds': cost['compile_seconds'],
-                    f'{prefix}xla_compile_seconds': events['xla_seconds'],
-                    f'{prefix}cache_hit': events['cache_hits'] > 0})
-      out.append({**row, 'flops': cost['flops'],
-                  'peak_bytes': cost['peak_bytes']})
-  return out
+    return []
+  with fresh_persistent_cache():
+    return [_compile_cold_and_warm(config.sizes, family, config.lengths[0],
+                                   depth)
+            for family in config.compile_families
+            for depth in config.compile_depths]
+
+
+def _compile_cold_and_warm(sizes: cases.Sizes, family: str, length: int,
+                           depth: int) -> Row:
+  case = cases.train_step_case(sizes, family, length, depth)
+  specs = jax.eval_shape(case.inputs)
+  row = {'name': case.name, 'num_layers': depth, 'length': length}
+  for prefix in ('', 'warm_'):
+    jax.clear_caches()
+    with _compile_events() as events:
+      cost = compiled_cost(case.modes[cases.TRAIN_STEP], *specs)
+    row.update({f'{prefix}compile_seconds': cost['compile_seconds'],
+                f'{prefix}xla_compile_seconds': events['xla_seconds'],
+                f'{prefix}cache_hit': events['cache_hits'] > 0})
+  return {**row, 'flops': cost['flops'], 'peak_bytes': cost['peak_bytes']}
 
 
 @contextlib.contextmanager
@@ -362,8 +361,7 @@ def run(config: BenchmarkConfig, out_dir: str,
     raise ValueError(f'unknown benchmark groups {sorted(unknown)}: choose '
                      f'from {cases.GROUPS}')
   os.makedirs(out_dir, exist_ok=True)
-  with persistent_cache(config.compilation_cache_dir):
-    report = _measure(config, command)
+  report = _measure(config, command)
   with open(os.path.join(out_dir, 'benchmark.json'), 'w') as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(out_dir, 'benchmark.md'), 'w') as f:
@@ -373,25 +371,23 @@ def run(config: BenchmarkConfig, out_dir: str,
 
 
 @contextlib.contextmanager
-def persistent_cache(directory: str) -> Iterator[str]:
-  """JAX's persistent compilation cache in `directory` (a fresh temporary
-  one when ''), keeping every program, for the block; restored after."""
-  temporary = None if directory else tempfile.mkdtemp(
-      prefix='simmim_jax_benchmark_cache_')
+def fresh_persistent_cache() -> Iterator[str]:
+  """JAX's persistent compilation cache in a new empty directory, keeping
+  every program, for the block; the process's own setting after."""
+  directory = tempfile.mkdtemp(prefix='simmim_jax_benchmark_cache_')
   saved = {name: getattr(jax.config, name) for name in (
       'jax_compilation_cache_dir',
       'jax_persistent_cache_min_compile_time_secs')}
-  jax.config.update('jax_compilation_cache_dir', directory or temporary)
+  jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   compilation_cache.reset_cache()
   try:
-    yield directory or temporary
+    yield directory
   finally:
     for name, value in saved.items():
       jax.config.update(name, value)
     compilation_cache.reset_cache()
-    if temporary:
-      shutil.rmtree(temporary, ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _measure(config: BenchmarkConfig,
