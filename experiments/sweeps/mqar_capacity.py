@@ -18,9 +18,11 @@ budget at which the calibration's transformer solved it with a margin
              x pairs (4, 8, 16), 2 seeds (grid:SEEDS for another number).
   long:      the three families at 512 tokens x 16 pairs, 2 seeds: the
              grid's next length at its hardest pair count.
-  levers:    SimMIM's levers at 256 tokens x 16 pairs, 2 seeds: k states
+  levers:    SimMIM's levers at 128 tokens x 16 pairs, 2 seeds: k states
              per segment, tokens attending over the states, the segment
              length, the state key dimension, depth, width (d_model 128).
+             The 16 pairs fill the first segment of 32, so no query shares
+             its key's segment: everything must pass through the states.
 """
 
 from simmim_jax import sweep
@@ -52,7 +54,7 @@ LEVERS = (
     {'model.num_layers': 4},
     {'model.d_model': 128, 'model.mlp_dim': 256},
 )
-LEVER_SETTINGS = (setting(256, 16),)
+LEVER_SETTINGS = (setting(128, 16),)
 
 
 def get_sweep(variant: str = 'grid'):
