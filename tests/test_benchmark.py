@@ -97,6 +97,11 @@ def test_train_step_and_compile_rows(report):
   assert {r['name'] for r in steps} == {
       f'Classifier/{family}' for family in CONFIG.train_step_families}
   assert all(r['tokens_per_s'] > 0 for r in steps)
+  for row in steps:  # maxtext's count: matmuls only, so below XLA's
+    assert 0 < row['model_flops'] < row['flops'], row
+    assert row['mfu'] == pytest.approx(
+        row['model_flops'] / row['seconds'] / (
+            report['ceiling']['gflops_per_s'] * 1e9))
   depths = [r['num_layers'] for r in report['compile_vs_depth']]
   assert depths == list(CONFIG.compile_depths)
   assert CONFIG.sizes.num_layers in depths and len(depths) > 1
@@ -161,3 +166,34 @@ def test_unknown_group_is_refused_before_any_work(tmp_path):
                      match=r"unknown benchmark groups \['layers'\]"):
     benchmarks.run(config, str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_op_rows_hold_their_share_of_the_measured_bandwidth(report):
+  bandwidth = report['bandwidth']['gb_per_s'] * 1e9
+  assert bandwidth > 0
+  ran = [r for r in report['rows'] if r['framework'] == 'jax'
+         and r['group'] == 'op' and r['seconds']]
+  assert ran
+  for row in ran:
+    assert row['bandwidth_fraction'] == pytest.approx(
+        row['bytes_accessed'] / row['seconds'] / bandwidth), row
+
+
+def test_training_flops_count_attention_over_segments_or_everything():
+  sizes = cases.Sizes()
+  n, l, d = 8192, sizes.segment_len, sizes.d_model
+  simmim, transformer = (cases.training_matmul_flops(sizes, family, n, 2)
+                         for family in ('simmim', 'transformer'))
+  # Only the attention term differs: 4 n l d against 4 n n d, per layer
+  # and pass (3: forward and a backward of twice its cost).
+  assert transformer - simmim == 3 * 2 * 4 * n * (n - l) * d
+  assert cases.training_matmul_flops(sizes, 'transformer', n, 2,
+                                     causal=True) == transformer - (
+                                         3 * 2 * 2 * n * n * d)
+
+
+def test_the_device_preset_runs_only_segment_attention_ops():
+  config = benchmarks.DEVICE
+  assert config.sizes.dtype == 'bfloat16' and config.lengths == (8192, 32768)
+  assert config.op_names == ('segment_attention',)
+  assert set(config.train_step_families) == {'simmim', 'transformer'}

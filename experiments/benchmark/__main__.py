@@ -1,14 +1,20 @@
 r"""Runs the benchmark suite (suite.py here) and prints its tables.
 
   python -m experiments.benchmark --out_dir=runs/benchmark \
-      [--quick] [--lengths=1024,4096] [--repeats=5] [--dtype=bfloat16] \
+      [--quick | --device] [--lengths=1024,4096] [--repeats=5] \
+      [--dtype=bfloat16] [--segment_len=512] \
       [--remat=none|full|projections] [--groups=op,layer,train_step,decode]
 
 Writes benchmark.json, benchmark.md, time_vs_length.png,
 memory_vs_length.png and (with decoding cases) cache_vs_length.png into
 --out_dir and prints the markdown. --quick: tiny
-sizes, lengths 256 and 512, about a minute on 2 cores (mostly compilation);
-the other flags override either preset. The full run took 22 minutes on a
+sizes, lengths 256 and 512, about a minute on 2 cores (mostly compilation).
+--device: for a GPU or TPU, bf16 segment attention forward+backward with
+PyTorch's scaled_dot_product_attention on the same segments, and the simmim
+and transformer train steps, at 8k and 32k tokens (segment_len 128; run it
+again with --segment_len=512), each row with the share of the measured
+memory bandwidth and the train steps' MFU. The other flags override any
+preset. The full run took 22 minutes on a
 shared 2-core CPU. `import simmim_jax` sets glibc's malloc for XLA
 (simmim_jax/allocator.py); the report records what it set.
 """
@@ -27,12 +33,19 @@ from simmim_jax.models import model_config
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'where the results go')
 _QUICK = flags.DEFINE_bool('quick', False, 'tiny sizes and short lengths')
+_DEVICE = flags.DEFINE_bool(
+    'device', False, 'an accelerator in a few minutes: bf16 segment '
+    'attention and its PyTorch flash peer, the simmim and transformer train '
+    'steps, at 8k and 32k tokens')
+_SEGMENT_LEN = flags.DEFINE_integer('segment_len', None,
+                                    "segment length (default: the preset's)")
 _LENGTHS = flags.DEFINE_list('lengths', None,
                              'sequence lengths (default: the preset\'s)')
 _REPEATS = flags.DEFINE_integer('repeats', None,
                                 'timed calls per case after a warm-up')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'inputs and compute dtype (softmax stays float32)')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
+                           "inputs and compute dtype (softmax stays float32; "
+                           "default: the preset's)")
 _REMAT = flags.DEFINE_enum(
     'remat', 'none', list(model_config.REMAT_POLICIES),
     'what each block of the layer and train-step models keeps for the '
@@ -54,9 +67,17 @@ flags.mark_flag_as_required('out_dir')
 def config_from_flags() -> benchmarks.BenchmarkConfig:
   """The --quick or full preset with the other flags applied; a bad flag
   raises a ConfigError naming it."""
-  config = benchmarks.QUICK if _QUICK.value else benchmarks.BenchmarkConfig()
-  changes = {'sizes': dataclasses.replace(config.sizes, dtype=_DTYPE.value,
-                                          remat=_REMAT.value)}
+  if _QUICK.value and _DEVICE.value:
+    raise checks.ConfigError('--quick and --device are two presets: pick one')
+  config = (benchmarks.QUICK if _QUICK.value else
+            benchmarks.DEVICE if _DEVICE.value else
+            benchmarks.BenchmarkConfig())
+  sizes = {'remat': _REMAT.value}
+  if _DTYPE.value is not None:
+    sizes['dtype'] = _DTYPE.value
+  if _SEGMENT_LEN.value is not None:
+    sizes['segment_len'] = checks.integer(_SEGMENT_LEN.value, '--segment_len')
+  changes = {'sizes': dataclasses.replace(config.sizes, **sizes)}
   if _GROUPS.value:
     unknown = sorted(set(_GROUPS.value) - set(benchmark_cases.GROUPS))
     if unknown:

@@ -95,6 +95,8 @@ class Case:
   # An argument each fn returns a new value of, as its output's second item
   # (a decoding cache): donated, and passed from one timed call to the next.
   carried: Optional[int] = None
+  # Training FLOPs per call as maxtext counts them (train steps only).
+  model_flops: Optional[float] = None
 
 
 class Workload(NamedTuple):
@@ -279,7 +281,24 @@ def train_step_case(sizes: Sizes, family: str, length: int,
     return state, batch, steps.empty_metrics(), jax.random.key(2)
 
   return Case('train_step', f'Classifier/{family}', length, inputs,
-              {TRAIN_STEP: steps.make_train_step('classification')})
+              {TRAIN_STEP: steps.make_train_step('classification')},
+              model_flops=training_matmul_flops(sizes, family, length,
+                                                num_layers))
+
+
+def training_matmul_flops(sizes: Sizes, family: str, length: int,
+                          num_layers: int, causal: bool = False) -> float:
+  """A train step's FLOPs on one sequence as maxtext counts them for MFU:
+  matmuls only, the backward twice the forward. Per layer, forward: the q,
+  k, v and output projections 8 n d^2, the MLP 4 n d mlp, attention
+  4 n l d over segments of l (l = n for the transformer), halved when
+  causal. SimMIM's state attention and merge act on m = n / l vectors and
+  are left out (under 1% at l = 128), as are embeddings and the head."""
+  n, d = length, sizes.d_model
+  span = length if family == 'transformer' else min(sizes.segment_len, n)
+  attention_flops = 4 * n * span * d / (2 if causal else 1)
+  per_layer = 8 * n * d * d + 4 * n * d * sizes.mlp_dim + attention_flops
+  return 3.0 * num_layers * per_layer
 
 
 def decode_case(sizes: Sizes, family: str, attention_kind: str,

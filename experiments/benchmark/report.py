@@ -80,8 +80,8 @@ def _case_table(rows: Sequence[Row]) -> str:
   train = rows[0]['mode'] in (cases.TRAIN_STEP, cases.DECODE_STEP)
   decode = rows[0]['mode'] == cases.DECODE_STEP
   headers = ['case', 'pass', 'length', 'GFLOP', 'peak MiB', 'compile s',
-             'median ms', 'GFLOP/s', '% of ceiling']
-  headers += ['tokens/s'] if train else []
+             'median ms', 'GFLOP/s', '% of ceiling', '% of bandwidth']
+  headers += ['tokens/s', 'MFU %'] if train else []
   headers += ['cache MiB'] if decode else []
   headers += ['note']
   lines = []
@@ -91,9 +91,10 @@ def _case_table(rows: Sequence[Row]) -> str:
              _fmt(r['peak_bytes'], '.1f', 2**-20),
              _fmt(r['compile_seconds'], '.2f'),
              _fmt(r['seconds'], '.4g', 1e3), _fmt(r['gflops_per_s'], '.1f'),
-             _fmt(r['ceiling_fraction'], '.1f', 100)]
+             _fmt(r['ceiling_fraction'], '.1f', 100),
+             _fmt(r.get('bandwidth_fraction'), '.1f', 100)]
     if train:
-      cells.append(_fmt(r['tokens_per_s'], '.0f'))
+      cells += [_fmt(r['tokens_per_s'], '.0f'), _fmt(r.get('mfu'), '.1f', 100)]
     if decode:
       cells.append(_fmt(r['cache_bytes'], '.4g', 2**-20))
     cells.append(f"not run: {r['skipped']}" if r['skipped'] else '')
@@ -212,6 +213,15 @@ def to_markdown(report: dict[str, Any]) -> str:
               for g in GROUPS}
   sections = ['# Benchmark', _machine(report),
               '## Ceiling', _ceiling(report['ceiling'])]
+  if report.get('bandwidth'):  # reports made before had none
+    b = report['bandwidth']
+    sections.append(
+        f"Memory bandwidth: {b['gb_per_s']:.1f} GB/s (x * 2 over "
+        f"{b['bytes'] / 2 ** 31:.3g} GiB of float32, read and written). "
+        "'% of bandwidth' is XLA's bytes accessed (a loop body counted once) "
+        "per second over it; 'MFU %' is the train step's matmul FLOPs as "
+        "maxtext counts them (projections, MLP, attention 4 n l d a layer, "
+        "backward twice the forward) per second over the matmul ceiling.")
   if by_group['op']:  # a run may leave groups out (BenchmarkConfig.groups)
     sections += ['## Ops', _op_notes(sizes), _case_table(by_group['op'])]
   if by_group['layer']:

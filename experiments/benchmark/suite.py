@@ -55,10 +55,12 @@ class BenchmarkConfig:
   sizes: cases.Sizes = cases.Sizes()
   lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)
   groups: tuple[str, ...] = cases.GROUPS  # which of 'op', 'layer', 'train_step'
+  op_names: Optional[tuple[str, ...]] = None  # the ops run (None: all)
   train_step_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
   train_step_families: tuple[str, ...] = FAMILIES
   repeats: int = 5                 # timed calls per case, after a warm-up
   ceiling_size: int = 4096         # n of the [n, n] @ [n, n] ceiling matmul
+  bandwidth_bytes: int = 2**28     # float32 bytes of the bandwidth pass
   compile_depths: tuple[int, ...] = (2, 6, 12)  # train-step compile vs depth
   compile_families: tuple[str, ...] = FAMILIES  # ... of these families
   decode_lengths: Optional[tuple[int, ...]] = None  # None: `lengths`
@@ -72,8 +74,20 @@ QUICK = BenchmarkConfig(
                       num_templates=4, mlp_dim=64),
     lengths=(256, 512), train_step_lengths=(256,),
     train_step_families=('simmim', 'transformer'), repeats=1,
-    ceiling_size=256, compile_depths=(1, 2), compile_families=('simmim',),
+    ceiling_size=256, bandwidth_bytes=2**22, compile_depths=(1, 2),
+    compile_families=('simmim',),
     decode_kinds=(('simmim', 'softmax'), ('transformer', 'softmax')))
+
+# An accelerator in a few minutes, compile included (`benchmark --device`):
+# bf16 segment attention (and its PyTorch flash peer) forward+backward and
+# the simmim and transformer train steps at 8k and 32k tokens.
+DEVICE = BenchmarkConfig(
+    sizes=cases.Sizes(dtype='bfloat16'), lengths=(8192, 32768),
+    groups=('op', 'train_step'), op_names=('segment_attention',),
+    train_step_families=('simmim', 'transformer'),
+    repeats=5, ceiling_size=8192, bandwidth_bytes=2**30, compile_depths=(2,),
+    compile_families=('simmim',), memory_budget_gib=60.0,
+    max_seconds_per_call=5.0)
 
 
 def available_cpus() -> int:
@@ -109,6 +123,17 @@ def measure_ceiling(size: int, dtype, repeats: int) -> dict[str, Any]:
           'seconds': seconds, 'gflops_per_s': flops / seconds / 1e9}
 
 
+def measure_bandwidth(num_bytes: int, repeats: int) -> dict[str, Any]:
+  """Bytes/s of an elementwise pass over `num_bytes` of float32 (read once,
+  written once): the memory roofline the attention rows are held to."""
+  x = cases.normal(0, (num_bytes // 4,), jnp.float32)
+  double = jax.jit(lambda x: x * 2).lower(x).compile()
+  seconds = median_seconds(lambda: double(x), repeats)
+  moved = 2.0 * x.size * 4
+  return {'bytes': moved, 'seconds': seconds,
+          'gb_per_s': moved / seconds / 1e9}
+
+
 def predicted_seconds(flops: float, ceiling_flops: float,
                       previous: Optional[Row]) -> float:
   """Seconds a call should take: its FLOPs at the ceiling, or, if longer,
@@ -137,16 +162,27 @@ def make_row(framework: str, group: str, name: str, mode: str, length: int, *,
              compile_seconds: Optional[float], predicted: float,
              seconds: Optional[float], skipped: Optional[str],
              ceiling_flops: float,
-             cache_bytes: Optional[int] = None) -> Row:
-  """One result; rates are None when the case was not run."""
+             cache_bytes: Optional[int] = None,
+             bytes_accessed: Optional[float] = None,
+             bandwidth: Optional[float] = None,
+             model_flops: Optional[float] = None) -> Row:
+  """One result; rates are None when the case was not run. With XLA's
+  `bytes_accessed` and the measured `bandwidth` (bytes/s), the share of the
+  memory roofline; with `model_flops` (maxtext's count), the MFU against
+  the measured matmul ceiling."""
   row = {'framework': framework, 'group': group, 'name': name, 'mode': mode,
          'length': length, 'flops': flops, 'peak_bytes': peak_bytes,
          'compile_seconds': compile_seconds, 'predicted_seconds': predicted,
          'seconds': seconds, 'skipped': skipped, 'gflops_per_s': None,
-         'ceiling_fraction': None}
+         'ceiling_fraction': None, 'bytes_accessed': bytes_accessed,
+         'bandwidth_fraction': None, 'model_flops': model_flops, 'mfu': None}
   if seconds is not None:
     row['gflops_per_s'] = flops / seconds / 1e9
     row['ceiling_fraction'] = flops / seconds / ceiling_flops
+    if bytes_accessed and bandwidth:
+      row['bandwidth_fraction'] = bytes_accessed / seconds / bandwidth
+    if model_flops:
+      row['mfu'] = model_flops / seconds / ceiling_flops
   if mode == cases.TRAIN_STEP:
     row['tokens_per_s'] = None if seconds is None else length / seconds
   if mode == cases.DECODE_STEP:  # one token per call
@@ -157,7 +193,8 @@ def make_row(framework: str, group: str, name: str, mode: str, length: int, *,
 
 def measure_case(case: cases.Case, config: BenchmarkConfig,
                  ceiling_flops: float,
-                 previous: dict[str, Optional[Row]]) -> list[Row]:
+                 previous: dict[str, Optional[Row]],
+                 bandwidth: Optional[float] = None) -> list[Row]:
   """Costs each mode of `case`, then times those `skip_reason` lets run.
 
   `previous[mode]`: the row of that mode at the last shorter length that ran
@@ -202,7 +239,9 @@ def measure_case(case: cases.Case, config: BenchmarkConfig,
         peak_bytes=cost['peak_bytes'], compile_seconds=cost['compile_seconds'],
         predicted=predicted[mode], seconds=seconds[mode],
         skipped=skipped[mode], ceiling_flops=ceiling_flops,
-        cache_bytes=cache_bytes))
+        cache_bytes=cache_bytes, bytes_accessed=cost['bytes_accessed'],
+        bandwidth=bandwidth,
+        model_flops=case.model_flops if mode == cases.TRAIN_STEP else None))
   return rows
 
 
@@ -220,13 +259,15 @@ def _timed_call(program, args, carried: Optional[int]):
 
 
 def measure_cases(all_cases: Sequence[cases.Case], config: BenchmarkConfig,
-                  ceiling_flops: float) -> list[Row]:
+                  ceiling_flops: float,
+                  bandwidth: Optional[float] = None) -> list[Row]:
   """`measure_case` over cases given shortest length first per name."""
   rows = []
   last_run: dict[tuple[str, str], Row] = {}
   for case in all_cases:
     previous = {mode: last_run.get((case.name, mode)) for mode in case.modes}
-    for row in measure_case(case, config, ceiling_flops, previous):
+    for row in measure_case(case, config, ceiling_flops, previous,
+                            bandwidth):
       rows.append(row)
       if row['seconds'] is not None:
         last_run[case.name, row['mode']] = row
@@ -234,9 +275,10 @@ def measure_cases(all_cases: Sequence[cases.Case], config: BenchmarkConfig,
 
 
 def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
-               jax_rows: Sequence[Row], ceiling_flops: float) -> list[Row]:
-  """The PyTorch peers, each credited with its JAX twin's XLA FLOPs; every
-  row is marked skipped when torch is `unavailable`."""
+               jax_rows: Sequence[Row], ceiling_flops: float,
+               bandwidth: Optional[float] = None) -> list[Row]:
+  """The PyTorch peers, each credited with its JAX twin's XLA FLOPs and
+  bytes; every row is marked skipped when torch is `unavailable`."""
   if torch is not None:
     torch.set_num_threads(available_cpus())
   twins = {(r['name'], r['mode'], r['length']): r for r in jax_rows}
@@ -244,10 +286,13 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
   if 'op' not in config.groups:
     return rows
   for name, twin in cases.TORCH_TWINS.items():
+    if config.op_names is not None and twin not in config.op_names:
+      continue
     for mode in (cases.FORWARD, cases.BACKWARD):
       previous = None
       for length in config.lengths:
         flops = twins[twin, mode, length]['flops']
+        moved = twins[twin, mode, length].get('bytes_accessed')
         predicted = predicted_seconds(flops, ceiling_flops, previous)
         skipped = unavailable or skip_reason(None, predicted, config)
         seconds = None
@@ -258,7 +303,8 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
         rows.append(make_row(
             'torch', 'op', name, mode, length, flops=flops, peak_bytes=None,
             compile_seconds=None, predicted=predicted, seconds=seconds,
-            skipped=skipped, ceiling_flops=ceiling_flops))
+            skipped=skipped, ceiling_flops=ceiling_flops,
+            bytes_accessed=moved, bandwidth=bandwidth))
         if seconds is not None:
           previous = rows[-1]
   return rows
@@ -396,14 +442,20 @@ def _measure(config: BenchmarkConfig,
   ceiling = measure_ceiling(config.ceiling_size, config.sizes.compute_dtype,
                             config.repeats)
   ceiling_flops = ceiling['gflops_per_s'] * 1e9
+  bandwidth = measure_bandwidth(config.bandwidth_bytes, config.repeats)
   all_cases = [case for case in cases.jax_cases(
       config.sizes, config.lengths, config.train_step_lengths or config.lengths,
       config.train_step_families, config.decode_lengths or config.lengths,
-      config.decode_kinds) if case.group in config.groups]
-  rows = measure_cases(all_cases, config, ceiling_flops)
-  rows += torch_rows(torch, unavailable, config, rows, ceiling_flops)
+      config.decode_kinds) if case.group in config.groups
+      and (case.group != 'op' or config.op_names is None
+           or case.name in config.op_names)]
+  rows = measure_cases(all_cases, config, ceiling_flops,
+                       bandwidth['gb_per_s'] * 1e9)
+  rows += torch_rows(torch, unavailable, config, rows, ceiling_flops,
+                     bandwidth['gb_per_s'] * 1e9)
   return {
       'machine': machine(torch, sys.argv if command is None else command),
-      'config': dataclasses.asdict(config), 'ceiling': ceiling, 'rows': rows,
+      'config': dataclasses.asdict(config), 'ceiling': ceiling,
+      'bandwidth': bandwidth, 'rows': rows,
       'compile_vs_depth': compile_vs_depth(config),
       'slopes': benchmark_report.slopes(rows)}
