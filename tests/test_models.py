@@ -273,6 +273,33 @@ def test_ablation_switches_change_parameters_and_outputs(rng):
       'kernel'].value.ndim == 2
 
 
+def test_the_attention_kernel_changes_no_output(rng):
+  # On CPU the default is the loop; 'xla' is the batch of dense segments
+  # the other backends fall back to (tests/test_attention_kernels.py has
+  # cuDNN's wrapper and splash against the reference).
+  tokens = _tokens(rng, 2, 22)
+  mask = jnp.asarray(np.arange(22)[None] < np.array([[22], [9]]))
+  models, args = [], []
+  for family, model_class in (('simmim', simmim_jax.Classifier),
+                              ('transformer', simmim_jax.CausalLM)):
+    cfg = _config(family=family, head=('classifier' if family == 'simmim'
+                                       else 'lm'))
+    pair = [model_class(dataclasses.replace(cfg, attention_implementation=k))
+            for k in (None, 'xla')]
+    params = _init(pair[0], tokens)
+    models += pair
+    args += [params, params]
+  outputs = jax.jit(lambda all_params: [
+      m.apply(p, tokens, mask) for m, p in zip(models, all_params)])(args)
+  for default, xla in zip(outputs[::2], outputs[1::2]):
+    np.testing.assert_allclose(default, xla, rtol=1e-5, atol=1e-5)
+  # The field reaches the op: cuDNN refuses this CPU.
+  cudnn = dataclasses.replace(models[-1].config,
+                              attention_implementation='cudnn')
+  with pytest.raises(ValueError, match="GPU backend, this is 'cpu'"):
+    simmim_jax.CausalLM(cudnn).apply(args[-1], tokens, mask)
+
+
 def test_bad_model_inputs(rng):
   cfg = _config()
   model = simmim_jax.Classifier(cfg)
@@ -301,6 +328,8 @@ def test_bad_model_inputs(rng):
     ({'dropout_rate': 1.0}, 'dropout_rate'),
     ({'num_levels': 0}, 'num_levels'),
     ({'dtype': 'float8'}, 'dtype must be one of'),
+    ({'attention_implementation': 'flash'},
+     'attention_implementation must be one of'),
     ({'remat': 'yes'}, r"remat must be one of \['none', 'full', 'proj"),
 ])
 def test_bad_config(change, message):

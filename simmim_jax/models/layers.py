@@ -51,10 +51,13 @@ class SelfAttention(nn.Module):
       out = TemplateAttention(cfg, self.causal, name='templates')(
           q, k, v, mask)
     elif cfg.family == 'transformer':
-      out = attention.full_attention(q, k, v, mask=mask, causal=self.causal)
+      out = attention.full_attention(
+          q, k, v, mask=mask, causal=self.causal,
+          implementation=cfg.attention_implementation)
     else:
-      out = attention.segment_attention(q, k, v, cfg.segment_len, mask=mask,
-                                        causal=self.causal)
+      out = attention.segment_attention(
+          q, k, v, cfg.segment_len, mask=mask, causal=self.causal,
+          implementation=cfg.attention_implementation)
     return out_projection(out)
 
   def _cached(self, q, k, v, positions, cache):
@@ -70,9 +73,11 @@ class SelfAttention(nn.Module):
           q, k, v, None, positions=positions, cache=cache)
     full = cfg.family == 'transformer'
     if cache is None:
-      out = (attention.full_attention(q, k, v, causal=True) if full else
+      kernel = cfg.attention_implementation
+      out = (attention.full_attention(q, k, v, causal=True,
+                                      implementation=kernel) if full else
              attention.segment_attention(q, k, v, cfg.segment_len,
-                                         causal=True))
+                                         causal=True, implementation=kernel))
       if full:
         return out, {'keys': k, 'values': v}
       # The segment the next token falls in: it starts at a multiple of l.

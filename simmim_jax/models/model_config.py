@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from simmim_jax import checks
 from simmim_jax.checks import ConfigError
+from simmim_jax.ops import attention_kernels
 from simmim_jax.ops import hierarchy
 
 FAMILIES = ('simmim', 'local', 'transformer')
@@ -72,6 +73,9 @@ class ModelConfig:
   remat: str = 'none'              # REMAT_POLICIES; True/False (older
                                    # runs' configs) read as 'full'/'none'
   attention_kind: str = 'softmax'  # token attention: 'softmax' | 'templates'
+  # The kernel of token attention (ops/attention_kernels.py): None picks
+  # per backend and dtype; 'loop' | 'xla' | 'cudnn' | 'splash' force one.
+  attention_implementation: Optional[str] = None
   num_templates: int = 16          # templates per head ('templates')
   commitment_cost: float = 0.25    # VQ commitment weight ('templates')
   routing_temperature: float = 1.0  # soft routing for the template gradient
@@ -113,6 +117,9 @@ class ModelConfig:
     _one_of('cross_attention', self.cross_attention, CROSS_ATTENTIONS)
     _one_of('state_readout', self.state_readout, STATE_READOUTS)
     _one_of('remat', self.remat, REMAT_POLICIES)
+    if self.attention_implementation is not None:
+      _one_of('attention_implementation', self.attention_implementation,
+              attention_kernels.IMPLEMENTATIONS)
     if self.states_per_segment > self.segment_len:
       raise ConfigError(
           f'states_per_segment ({self.states_per_segment}) exceeds '
