@@ -23,15 +23,15 @@ from simmim_jax.models.models import Seq2Seq
 from simmim_jax.models.models import build_model
 from simmim_jax.ops.attention import cross_attention
 from simmim_jax.ops.attention import full_attention
-from simmim_jax.ops.attention import masked_softmax
 from simmim_jax.ops.attention import segment_attention
-from simmim_jax.ops.attention import segment_attention_weights
 from simmim_jax.ops.hierarchy import AGGREGATORS
 from simmim_jax.ops.hierarchy import aggregator_params_spec
 from simmim_jax.ops.hierarchy import hierarchical_aggregate
+from simmim_jax.ops.segment_loop import segment_attention_weights
 from simmim_jax.ops.segment_states import segment_state_attention
 from simmim_jax.ops.segment_states import segment_state_weights
 from simmim_jax.ops.segment_states import state_readout
+from simmim_jax.ops.segments import masked_softmax
 from simmim_jax.ops.template_learning import ema_kmeans_update
 from simmim_jax.ops.template_learning import quantize
 from simmim_jax.ops.template_learning import reseed_dead_templates

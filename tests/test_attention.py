@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import simmim_jax
-from simmim_jax.ops import attention
+from simmim_jax.ops import segment_loop
+from simmim_jax.ops import segments
 from tests import reference
 
 
@@ -25,7 +26,7 @@ def segments_per_step(request, monkeypatch):
   segments per row, 37 tokens one step of 4 and a tail step of 5 positions,
   and 45 tokens 5 steps of 1 and a tail of 5)."""
   if request.param is not None:
-    monkeypatch.setattr(attention, '_STEP_SCORES', request.param * 3 * 8 * 8)
+    monkeypatch.setattr(segment_loop, '_STEP_SCORES', request.param * 3 * 8 * 8)
   return request.param
 
 
@@ -52,17 +53,17 @@ def test_segment_attention_matches_reference(rng, length, segment_len,
 def _autodiff_segment_attention(q, k, v, segment_len, mask, causal):
   """The definition in plain jnp, differentiated by JAX (no custom rule)."""
   length, head_dim = q.shape[1], q.shape[3]
-  split = lambda x: attention.split_segments(x, segment_len)
+  split = lambda x: segments.split_segments(x, segment_len)
   scores = jnp.einsum('bmqhd,bmkhd->bmhqk', split(q), split(k)) / np.sqrt(
       head_dim)
-  allowed = attention.segment_key_mask(mask, q.shape[0], length, segment_len)
+  allowed = segments.segment_key_mask(mask, q.shape[0], length, segment_len)
   allowed = None if allowed is None else allowed[:, :, None, None, :]
   if causal:
     lower = np.tril(np.ones((segment_len, segment_len), bool))
     allowed = lower if allowed is None else allowed & lower
-  weights = attention.masked_softmax(scores, allowed)
+  weights = segments.masked_softmax(scores, allowed)
   out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, split(v))
-  return attention.merge_segments(out, length)
+  return segments.merge_segments(out, length)
 
 
 @pytest.mark.parametrize('length,segment_len', [(32, 8), (37, 8), (45, 8),
@@ -103,14 +104,14 @@ def test_segment_attention_bfloat16(rng, causal):
 
 
 def test_segments_per_step_divides_the_segments(monkeypatch):
-  monkeypatch.setattr(attention, '_STEP_SCORES', 4 * 8 * 128 * 128)
-  assert attention._segments_per_step(64, 8, 128) == 4
-  assert attention._segments_per_step(6, 8, 128) == 3
-  assert attention._segments_per_step(7, 8, 128) == 1
-  assert attention._segments_per_step(2, 8, 128) == 2
-  assert attention._segments_per_step(64, 64, 128) == 1  # over budget: 1
+  monkeypatch.setattr(segment_loop, '_STEP_SCORES', 4 * 8 * 128 * 128)
+  assert segment_loop._segments_per_step(64, 8, 128) == 4
+  assert segment_loop._segments_per_step(6, 8, 128) == 3
+  assert segment_loop._segments_per_step(7, 8, 128) == 1
+  assert segment_loop._segments_per_step(2, 8, 128) == 2
+  assert segment_loop._segments_per_step(64, 64, 128) == 1  # over budget: 1
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert attention._segments_per_step(64, 8, 128) == 64  # no loop off CPU
+  assert segment_loop._segments_per_step(64, 8, 128) == 64  # no loop off CPU
 
 
 def test_query_without_keys_outputs_zero(rng):
@@ -235,11 +236,11 @@ def test_cross_attention_matches_reference(rng):
 def test_masked_softmax_empty_row_is_zero_with_finite_gradient():
   scores = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
   allowed = jnp.asarray([[True, False, True], [False, False, False]])
-  weights = attention.masked_softmax(scores, allowed)
+  weights = segments.masked_softmax(scores, allowed)
   np.testing.assert_allclose(weights[0], [1 / (1 + np.e**2), 0,
                                           np.e**2 / (1 + np.e**2)], rtol=1e-6)
   np.testing.assert_array_equal(weights[1], 0.0)
-  grad = jax.grad(lambda s: attention.masked_softmax(s, allowed)[:, 0].sum())(
+  grad = jax.grad(lambda s: segments.masked_softmax(s, allowed)[:, 0].sum())(
       scores)
   assert np.all(np.isfinite(grad))
 
@@ -313,8 +314,8 @@ def test_weights_functions_are_what_the_attention_uses(rng,
   weights = simmim_jax.segment_attention_weights(q, k, 8, mask=mask,
                                                  causal=True)
   assert weights.shape == (2, 6, 3, 8, 8)
-  v_seg = attention.split_segments(v, 8)
-  rebuilt = attention.merge_segments(
+  v_seg = segments.split_segments(v, 8)
+  rebuilt = segments.merge_segments(
       jnp.einsum('bmhqk,bmkhd->bmqhd', weights, v_seg), 45)
   np.testing.assert_allclose(
       rebuilt, simmim_jax.segment_attention(q, k, v, 8, mask=mask, causal=True),

@@ -9,8 +9,9 @@ import simmim_jax
 # models/, inference/ and training/ kept them), with the module that owns it.
 PUBLIC_API = {
     'simmim_jax.ops.attention': (
-        'cross_attention', 'full_attention', 'masked_softmax',
-        'segment_attention', 'segment_attention_weights'),
+        'cross_attention', 'full_attention', 'segment_attention'),
+    'simmim_jax.ops.segments': ('masked_softmax',),
+    'simmim_jax.ops.segment_loop': ('segment_attention_weights',),
     'simmim_jax.ops.segment_states': (
         'segment_state_attention', 'segment_state_weights', 'state_readout'),
     'simmim_jax.ops.hierarchy': (

@@ -46,7 +46,8 @@ import simmim_jax
 from simmim_jax import allocator
 from simmim_jax.cost import jaxpr_flops
 from simmim_jax.cost import program_cost
-from simmim_jax.ops import attention
+from simmim_jax.ops import segment_loop
+from simmim_jax.ops import segments
 
 _LENGTH = flags.DEFINE_integer('length', 8192, 'sequence length')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'timed calls (median)')
@@ -66,12 +67,12 @@ def plain_einsum(q, k, v, segment_len):
   """The previous implementation: reshape to [b, m, l, h, d], two einsums,
   softmax, all differentiated by JAX."""
   length = q.shape[1]
-  split = lambda x: attention.split_segments(x, segment_len)
+  split = lambda x: segments.split_segments(x, segment_len)
   scores = jnp.einsum('bmqhd,bmkhd->bmhqk',
                       split(q * (1.0 / math.sqrt(q.shape[-1]))), split(k))
   weights = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights, split(v))
-  return attention.merge_segments(out, length)
+  return segments.merge_segments(out, length)
 
 
 def deferred_normalisation(q, k, v, segment_len):
@@ -80,15 +81,15 @@ def deferred_normalisation(q, k, v, segment_len):
   length = q.shape[1]
   scale = 1.0 / math.sqrt(q.shape[-1])
   scores = jnp.einsum('bmqhd,bmkhd->bmhqk',
-                      attention.split_segments(q * scale, segment_len),
-                      attention.split_segments(k, segment_len))
+                      segments.split_segments(q * scale, segment_len),
+                      segments.split_segments(k, segment_len))
   weights = jnp.exp(scores - jax.lax.stop_gradient(
       jnp.max(scores, axis=-1, keepdims=True)))
   totals = jnp.sum(weights, axis=-1)  # [b, m, h, q]
   out = jnp.einsum('bmhqk,bmkhd->bmqhd', weights,
-                   attention.split_segments(v, segment_len))
+                   segments.split_segments(v, segment_len))
   out = out / jnp.swapaxes(totals, 2, 3)[..., None]
-  return attention.merge_segments(out, length)
+  return segments.merge_segments(out, length)
 
 
 def heads_major(q, k, v, segment_len):
@@ -100,11 +101,11 @@ def heads_major(q, k, v, segment_len):
                       to_heads(k))
   weights = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum('bhmqk,bhmkd->bhmqd', weights, to_heads(v))
-  return attention.merge_segments(jnp.moveaxis(out, 1, 3), length)
+  return segments.merge_segments(jnp.moveaxis(out, 1, 3), length)
 
 
 def _to_heads(x, segment_len):
-  return jnp.moveaxis(attention.split_segments(x, segment_len), 3, 1)
+  return jnp.moveaxis(segments.split_segments(x, segment_len), 3, 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -120,7 +121,7 @@ def _heads_major_forward(q, k, v, segment_len):
       'bhmqd,bhmkd->bhmqk', q / math.sqrt(q.shape[-1]), k), axis=-1)
   out = jnp.einsum('bhmqk,bhmkd->bhmqd', weights, v)
   length = q.shape[2] * segment_len
-  return (attention.merge_segments(jnp.moveaxis(out, 1, 3), length),
+  return (segments.merge_segments(jnp.moveaxis(out, 1, 3), length),
           (q, k, v, out, weights))
 
 
@@ -134,7 +135,7 @@ def _heads_major_backward(segment_len, residuals, d_out):
   d_scores = weights * (d_weights - row) / math.sqrt(q.shape[-1])
   d_q = jnp.einsum('bhmqk,bhmkd->bhmqd', d_scores, k)
   d_k = jnp.einsum('bhmqk,bhmqd->bhmkd', d_scores, q)
-  return tuple(attention.merge_segments(jnp.moveaxis(g, 1, 3), length)
+  return tuple(segments.merge_segments(jnp.moveaxis(g, 1, 3), length)
                for g in (d_q, d_k, d_v))
 
 
@@ -149,29 +150,29 @@ def saved_output_vjp(q, k, v, segment_len):
 
 
 def _saved_output_forward(q, k, v, segment_len):
-  out, (*_, weights, _) = attention._segment_attention_forward(
-      q, k, v, None, segment_len, False, attention._Levers())
+  out, (*_, weights, _) = segment_loop._segment_attention_forward(
+      q, k, v, None, segment_len, False, segment_loop.Levers())
   return out, (q, k, v, out, weights)
 
 
 def _saved_output_step(q, k, v, out, d_out, weights):
-  blocks, unblock = attention._blocks, attention._unblock
+  blocks, unblock = segment_loop._blocks, segment_loop._unblock
   heads = q.shape[2]
   q, k, v, out, d_out = (blocks(x) for x in (q, k, v, out, d_out))
-  d_v = jnp.einsum('bkq,bqd->bkd', attention._transposed(weights), d_out)
+  d_v = jnp.einsum('bkq,bqd->bkd', segment_loop._transposed(weights), d_out)
   d_weights = jnp.einsum('bqd,bkd->bqk', d_out, v)
   row = jnp.sum(d_out * out, axis=-1, keepdims=True)
   d_scores = weights * (d_weights - row) / math.sqrt(q.shape[-1])
   d_q = jnp.einsum('bqk,bkd->bqd', d_scores, k)
-  d_k = jnp.einsum('bkq,bqd->bkd', attention._transposed(d_scores), q)
+  d_k = jnp.einsum('bkq,bqd->bkd', segment_loop._transposed(d_scores), q)
   return tuple(unblock(g, heads) for g in (d_q, d_k, d_v))
 
 
 def _saved_output_backward(segment_len, residuals, d_out):
   q, k, v, out, weights = residuals
-  return attention._gradient_loop(_saved_output_step, (q, k, v, out, d_out),
+  return segment_loop._gradient_loop(_saved_output_step, (q, k, v, out, d_out),
                                   weights,
-                                  attention._layout(q.shape, segment_len))
+                                  segment_loop._layout(q.shape, segment_len))
 
 
 saved_output_vjp.defvjp(_saved_output_forward, _saved_output_backward)
@@ -191,7 +192,7 @@ def _lanes(layout, i):
 
 
 def _two_lanes_forward(q, k, v, segment_len):
-  layout = attention._layout(q.shape, segment_len)
+  layout = segment_loop._layout(q.shape, segment_len)
   if layout.tail or layout.num_steps % 2:
     raise ValueError(f'two lanes need an even number of loop steps and no '
                      f'tail, got {layout}')
@@ -199,10 +200,10 @@ def _two_lanes_forward(q, k, v, segment_len):
   def step(out, i):
     weights = []
     for j in _lanes(layout, i):
-      step_out, step_weights = attention._step_forward(
-          *(attention._read_step(x, layout, j) for x in (q, k, v)), None,
+      step_out, step_weights = segment_loop._step_forward(
+          *(segment_loop._read_step(x, layout, j) for x in (q, k, v)), None,
           False)
-      out = attention._write_step(out, step_out, layout, j)
+      out = segment_loop._write_step(out, step_out, layout, j)
       weights.append(step_weights)
     return out, jnp.stack(weights)
 
@@ -213,15 +214,15 @@ def _two_lanes_forward(q, k, v, segment_len):
 
 def _two_lanes_backward(segment_len, residuals, d_out):
   q, k, v, weights = residuals
-  layout = attention._layout(q.shape, segment_len)
+  layout = segment_loop._layout(q.shape, segment_len)
 
   def step(grads, i_and_weights):
     i, both_weights = i_and_weights
     for j, step_weights in zip(_lanes(layout, i), both_weights):
-      step_grads = attention._step_backward(
-          *(attention._read_step(x, layout, j) for x in (q, k, v, d_out)),
+      step_grads = segment_loop._step_backward(
+          *(segment_loop._read_step(x, layout, j) for x in (q, k, v, d_out)),
           step_weights)
-      grads = tuple(attention._write_step(g, s, layout, j)
+      grads = tuple(segment_loop._write_step(g, s, layout, j)
                     for g, s in zip(grads, step_grads))
     return grads, None
 
@@ -239,7 +240,7 @@ def padded_to_segments(q, k, v, segment_len):
   batch, length = q.shape[:2]
   padded = -(-length // segment_len) * segment_len
   mask = jnp.broadcast_to(jnp.arange(padded) < length, (batch, padded))
-  q, k, v = (attention._pad_length(x, padded) for x in (q, k, v))
+  q, k, v = (segments.pad_length(x, padded) for x in (q, k, v))
   return simmim_jax.segment_attention(q, k, v, segment_len,
                                       mask=mask)[:, :length]
 
@@ -247,7 +248,7 @@ def padded_to_segments(q, k, v, segment_len):
 def xla_sdpa(q, k, v, segment_len):
   """`jax.nn.dot_product_attention` on [b * m, l, h, d] segments."""
   batch, length, heads, dim = q.shape
-  fold = lambda x: attention.split_segments(x, segment_len).reshape(
+  fold = lambda x: segments.split_segments(x, segment_len).reshape(
       -1, segment_len, heads, dim)
   out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v),
                                      implementation='xla')
@@ -259,7 +260,7 @@ def chunked(q, k, v, segment_len, segments_per_chunk=8):
   batch, length, heads, dim = q.shape
   group = segment_len * segments_per_chunk
   split = lambda x: jnp.moveaxis(
-      attention.split_segments(x, group), 1, 0)  # [chunks, b, group, h, d]
+      segments.split_segments(x, group), 1, 0)  # [chunks, b, group, h, d]
   out = jax.lax.map(
       lambda qkv: simmim_jax.segment_attention(*qkv, segment_len),
       (split(q), split(k), split(v)))
@@ -269,11 +270,11 @@ def chunked(q, k, v, segment_len, segments_per_chunk=8):
 def _chunks(x, segment_len, group):
   """[b, n, h, d] -> [chunks, b, group, segment_len, h, d]; a group larger
   than the segment count shrinks to a divisor of it."""
-  segments = attention.split_segments(x, segment_len)
-  batch, num_segments = segments.shape[:2]
+  split = segments.split_segments(x, segment_len)
+  batch, num_segments = split.shape[:2]
   group = math.gcd(group, num_segments)
-  return jnp.moveaxis(segments.reshape(
-      batch, num_segments // group, group, *segments.shape[2:]), 1, 0)
+  return jnp.moveaxis(split.reshape(
+      batch, num_segments // group, group, *split.shape[2:]), 1, 0)
 
 
 def _unchunk(x, length):
@@ -334,12 +335,12 @@ def segment_attention(q, k, v, segment_len):
 
 
 def with_levers(**levers):
-  """`segment_attention` with other choices of its loop (attention._Levers:
+  """`segment_attention` with other choices of its loop (segment_loop.Levers:
   the score budget of a step, the transpose barrier), passed explicitly."""
-  choices = attention._Levers(**levers)
+  choices = segment_loop.Levers(**levers)
 
   def fn(q, k, v, segment_len):
-    return attention._segment_attention(q, k, v, None, segment_len, False,
+    return segment_loop.loop_attention(q, k, v, None, segment_len, False,
                                         choices)
   return fn
 

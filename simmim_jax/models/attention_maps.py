@@ -11,7 +11,7 @@ from flax import linen as nn
 import jax
 
 from simmim_jax.models.model_config import ModelConfig
-from simmim_jax.ops import attention
+from simmim_jax.ops import segment_loop
 from simmim_jax.ops import segment_states
 
 
@@ -45,7 +45,7 @@ def attention_maps(model: nn.Module, variables: Any, *inputs: jax.Array,
   k = blocks['attention']['keys'][0][layer]
   segment_len = (tokens.shape[1] if config.family == 'transformer'
                  else config.segment_len)
-  maps = {'segment': attention.segment_attention_weights(
+  maps = {'segment': segment_loop.segment_attention_weights(
       q, k, segment_len, mask=mask, causal=causal), 'state': None}
   if config.uses_segment_states:
     states = blocks['state_merge']['states'][0][layer]

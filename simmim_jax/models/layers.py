@@ -20,6 +20,7 @@ from simmim_jax.models.template_layer import TemplateAttention
 from simmim_jax.ops import attention
 from simmim_jax.ops import decode_attention
 from simmim_jax.ops import hierarchy
+from simmim_jax.ops import segments
 
 
 class SelfAttention(nn.Module):
@@ -192,9 +193,9 @@ class GlobalPool(nn.Module):
     if cfg.pooling == 'mean':
       return hierarchy.masked_mean(x, mask, axis=1)
 
-    token_mask = attention.split_segments(mask.astype(bool), cfg.segment_len,
+    token_mask = segments.split_segments(mask.astype(bool), cfg.segment_len,
                                           False)
-    nodes = hierarchy.masked_mean(attention.split_segments(x, cfg.segment_len),
+    nodes = hierarchy.masked_mean(segments.split_segments(x, cfg.segment_len),
                          token_mask, axis=2)
     params = {}
     levels = max(cfg.max_levels, 1)

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from simmim_jax.ops.attention import cross_attention
-from simmim_jax.ops.attention import masked_softmax
-from simmim_jax.ops.attention import score_dtype
+from simmim_jax.ops.segments import masked_softmax
+from simmim_jax.ops.segments import score_dtype
 
 
 def write_slot(buffer: jax.Array, value: jax.Array, slot: jax.Array,

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 
 from simmim_jax import checks
 from simmim_jax.ops.attention import masked_attention
-from simmim_jax.ops.attention import masked_softmax
-from simmim_jax.ops.attention import score_dtype
-from simmim_jax.ops.attention import segment_key_mask
-from simmim_jax.ops.attention import split_segments
+from simmim_jax.ops.segments import masked_softmax
+from simmim_jax.ops.segments import score_dtype
+from simmim_jax.ops.segments import segment_key_mask
+from simmim_jax.ops.segments import split_segments
 
 
 def pick_states(x: jax.Array, segment_len: int, states_per_segment: int = 1,

@@ -15,9 +15,9 @@ import numpy as np
 
 from simmim_jax import checks
 from simmim_jax.ops import templates as templates_lib
-from simmim_jax.ops.attention import merge_segments
-from simmim_jax.ops.attention import score_dtype
-from simmim_jax.ops.attention import split_segments
+from simmim_jax.ops.segments import merge_segments
+from simmim_jax.ops.segments import score_dtype
+from simmim_jax.ops.segments import split_segments
 
 # Laplace smoothing of EMA cluster sizes, as in VQ-VAE-2 / sonnet's EMA VQ.
 _EMA_EPSILON = 1e-5

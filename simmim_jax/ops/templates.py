@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from simmim_jax import checks
-from simmim_jax.ops.attention import masked_softmax
-from simmim_jax.ops.attention import merge_segments
-from simmim_jax.ops.attention import score_dtype
-from simmim_jax.ops.attention import segment_key_mask
-from simmim_jax.ops.attention import split_segments
+from simmim_jax.ops.segments import masked_softmax
+from simmim_jax.ops.segments import merge_segments
+from simmim_jax.ops.segments import score_dtype
+from simmim_jax.ops.segments import segment_key_mask
+from simmim_jax.ops.segments import split_segments
 
 _LAYOUT = '[batch, length, heads, head_dim]'
 
