@@ -124,8 +124,8 @@ def heat_map(path: str, family: str, numbers: dict[tuple, dict[str, Any]],
   ax.set_yticks(range(len(pairs)), [str(p) for p in pairs])
   ax.set_xlabel('sequence length (tokens)')
   ax.set_ylabel('key-value pairs')
-  ax.set_title(f'{family}: MQAR test query accuracy (segments of '
-               f'{segment_len})')
+  ax.set_title(f'{family}: MQAR test query accuracy\n(segments of '
+               f'{segment_len})', fontsize=10)
   fig.colorbar(image, ax=ax)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
