@@ -23,6 +23,10 @@ budget at which the calibration's transformer solved it with a margin
              length, the state key dimension, depth, width (d_model 128).
              The 16 pairs fill the first segment of 32, so no query shares
              its key's segment: everything must pass through the states.
+  states:    the levers' setting with tokens attending over k states per
+             segment, k = 2, 8, 16, 32 (the levers have k = 1 and 4): how
+             many vectors per segment carry 16 pairs. k = 32 keeps every
+             position of a segment of 32, full attention's reach at its cost.
 """
 
 from simmim_jax import sweep
@@ -55,6 +59,7 @@ LEVERS = (
     {'model.d_model': 128, 'model.mlp_dim': 256},
 )
 LEVER_SETTINGS = (setting(128, 16),)
+ATTENDED_STATES = (2, 8, 16, 32)
 
 
 def get_sweep(variant: str = 'grid'):
@@ -80,5 +85,11 @@ def get_sweep(variant: str = 'grid'):
     return sweep.with_seeds(
         [{**data, 'model.family': 'simmim', **lever}
          for data in LEVER_SETTINGS for lever in LEVERS], int(seeds or 2))
+  if name == 'states':
+    return sweep.with_seeds(
+        [{**data, 'model.family': 'simmim', 'model.state_readout': 'attend',
+          'model.states_per_segment': k}
+         for data in LEVER_SETTINGS for k in ATTENDED_STATES], int(seeds or 2))
   raise ValueError(f"unknown variant {variant!r}: use 'calibrate', "
-                   "'grid[:SEEDS]', 'long[:SEEDS]' or 'levers[:SEEDS]'")
+                   "'grid[:SEEDS]', 'long[:SEEDS]', 'levers[:SEEDS]' or "
+                   "'states[:SEEDS]'")
