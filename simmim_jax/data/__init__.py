@@ -7,6 +7,8 @@ Importing this package registers the TFDS builders of catalog.py
 """
 
 from simmim_jax.data.byte_corpus import ByteLm
+from simmim_jax.data.data_config import default_data_config
+from simmim_jax.data.data_config import validate_data_config
 from simmim_jax.data.docstrings import StdlibDocstrings
 from simmim_jax.data.listops import LraListops
 from simmim_jax.data.listops import decode_listops
@@ -18,8 +20,6 @@ from simmim_jax.data.mqar import Mqar
 from simmim_jax.data.mqar import generate_mqar
 from simmim_jax.data.pipeline import Datasets
 from simmim_jax.data.pipeline import create_datasets
-from simmim_jax.data.pipeline import default_data_config
-from simmim_jax.data.pipeline import validate_data_config
 
 __all__ = [
     'ByteLm',

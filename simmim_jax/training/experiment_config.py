@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
       {f.name: _overridable(f) for f in dataclasses.fields(ModelConfig)
        if f.name not in DATA_DERIVED_MODEL_FIELDS})
-  config.data = data.default_data_config()  # see simmim_jax/data/pipeline.py
+  config.data = data.default_data_config()  # see simmim_jax/data/data_config.py
   config.batch_size = 32           # global batch, split over the data axis
   config.eval_batch_size = 32      # global eval batch
   config.num_steps = 1000          # optimizer steps (0: evaluate only)
