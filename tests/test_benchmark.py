@@ -160,6 +160,16 @@ def test_cases_over_budget_are_costed_but_not_run():
   assert all('predicted' in r['skipped'] for r in rows), rows
 
 
+def test_no_compile_depths_leave_the_compile_section_out(report):
+  config = dataclasses.replace(benchmarks.QUICK, compile_depths=())
+  assert benchmarks.compile_vs_depth(config) == []
+  with_section = benchmark_report.to_markdown(report)
+  assert '## Train-step compile time vs depth' in with_section
+  without = benchmark_report.to_markdown({**report, 'compile_vs_depth': []})
+  assert '## Train-step compile time vs depth' not in without
+  assert without.count('## ') == with_section.count('## ') - 1
+
+
 def test_unknown_group_is_refused_before_any_work(tmp_path):
   config = dataclasses.replace(benchmarks.QUICK, groups=('op', 'layers'))
   with pytest.raises(ValueError,

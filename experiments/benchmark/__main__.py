@@ -3,7 +3,8 @@ r"""Runs the benchmark suite (suite.py here) and prints its tables.
   python -m experiments.benchmark --out_dir=runs/benchmark \
       [--quick | --device] [--lengths=1024,4096] [--repeats=5] \
       [--dtype=bfloat16] [--segment_len=512] \
-      [--remat=none|full|projections] [--groups=op,layer,train_step,decode]
+      [--remat=none|full|projections] [--groups=op,layer,train_step,decode] \
+      [--compile_depths=2,6,12]
 
 Writes benchmark.json, benchmark.md, time_vs_length.png,
 memory_vs_length.png and (with decoding cases) cache_vs_length.png into
@@ -61,6 +62,9 @@ _MAX_SECONDS = flags.DEFINE_float(
 _GROUPS = flags.DEFINE_list(
     'groups', None, "which cases: any of 'op', 'layer', 'train_step', "
     "'decode' (default: all)")
+_COMPILE_DEPTHS = flags.DEFINE_list(
+    'compile_depths', None, 'train-step depths whose compile time is '
+    "measured, cold and warm (default: the preset's; empty: none)")
 flags.mark_flag_as_required('out_dir')
 
 
@@ -88,6 +92,10 @@ def config_from_flags() -> benchmarks.BenchmarkConfig:
     lengths = cli.int_list(_LENGTHS.value, '--lengths')
     changes.update(lengths=lengths, train_step_lengths=lengths,
                    decode_lengths=lengths)
+  if _COMPILE_DEPTHS.value is not None:  # --compile_depths= gives []
+    changes['compile_depths'] = (cli.int_list(_COMPILE_DEPTHS.value,
+                                              '--compile_depths')
+                                 if _COMPILE_DEPTHS.value else ())
   if _REPEATS.value is not None:
     changes['repeats'] = checks.integer(_REPEATS.value, '--repeats')
   for name, flag in (('memory_budget_gib', _MEMORY_BUDGET),

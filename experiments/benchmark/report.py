@@ -229,9 +229,10 @@ def to_markdown(report: dict[str, Any]) -> str:
   if by_group['train_step']:
     sections += [
         f"## Train step (Classifier, {sizes['num_layers']} layers, AdamW)",
-        _case_table(by_group['train_step']),
-        '## Train-step compile time vs depth',
-        _compile_table(report['compile_vs_depth'])]
+        _case_table(by_group['train_step'])]
+  if report['compile_vs_depth']:  # --compile_depths= leaves it out
+    sections += ['## Train-step compile time vs depth',
+                 _compile_table(report['compile_vs_depth'])]
   if by_group['decode']:
     sections += [
         f"## Decoding step (CausalLM, {sizes['num_layers']} layers, one "

@@ -317,7 +317,7 @@ def compile_vs_depth(config: BenchmarkConfig) -> list[Row]:
   in a fresh persistent compilation cache (tracing, lowering, XLA's compile
   and writing it), then again, loading it from there. Each also gives the
   seconds XLA's compile took and whether the persistent cache answered."""
-  if 'train_step' not in config.groups:
+  if 'train_step' not in config.groups or not config.compile_depths:
     return []
   with fresh_persistent_cache():
     return [_compile_cold_and_warm(config.sizes, family, config.lengths[0],
