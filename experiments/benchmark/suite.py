@@ -13,40 +13,25 @@ compiled peak exceeds the memory budget, or whose predicted time per call
 exceeds `max_seconds_per_call`, is costed but not run (time None).
 """
 
-import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
-import platform
-import shutil
 import sys
-import tempfile
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
-import flax
 import jax
-from jax._src import dispatch  # the name of XLA's compile event
-from jax.experimental.compilation_cache import compilation_cache
-import jax.numpy as jnp
-import jaxlib
-import numpy as np
-import optax
 
 from experiments.benchmark import cases as cases
+from experiments.benchmark import compile_time
+from experiments.benchmark import machine
 from experiments.benchmark import report as benchmark_report
 from experiments.benchmark.report import Row
-from simmim_jax import allocator
 from simmim_jax.cost import compile_with_cost
-from simmim_jax.cost import compiled_cost
 from simmim_jax.cost import median_seconds
-from simmim_jax.cost import program_cost
 from simmim_jax.models.model_config import FAMILIES
-
-ENV_VARS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
-            'MALLOC_ARENA_MAX', allocator.OPT_OUT, 'XLA_FLAGS')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,50 +73,6 @@ DEVICE = BenchmarkConfig(
     repeats=5, ceiling_size=8192, bandwidth_bytes=2**30, compile_depths=(2,),
     compile_families=('simmim',), memory_budget_gib=60.0,
     max_seconds_per_call=5.0)
-
-
-def available_cpus() -> int:
-  """Cores this process may run on (all of which XLA's CPU client uses)."""
-  if hasattr(os, 'sched_getaffinity'):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
-
-
-def import_torch() -> tuple[Any, Optional[str]]:
-  """(torch, None), or (None, why it cannot be imported)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    return None, f'torch not importable ({error})'
-  return torch, None
-
-
-def torch_device(torch: Any) -> str:
-  """'cuda' when JAX runs on a GPU that torch sees too, else 'cpu'."""
-  on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
-  return 'cuda' if on_gpu else 'cpu'
-
-
-def measure_ceiling(size: int, dtype, repeats: int) -> dict[str, Any]:
-  """GFLOP/s of a [size, size] @ [size, size] matmul (2 size^3 FLOPs)."""
-  a, b = (cases.normal(seed, (size, size), dtype) for seed in (0, 1))
-  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
-  seconds = median_seconds(lambda: matmul(a, b), repeats)
-  flops = 2.0 * size ** 3
-  return {'size': size, 'dtype': jnp.dtype(dtype).name, 'flops': flops,
-          'xla_flops': program_cost(matmul)['xla_flops'],
-          'seconds': seconds, 'gflops_per_s': flops / seconds / 1e9}
-
-
-def measure_bandwidth(num_bytes: int, repeats: int) -> dict[str, Any]:
-  """Bytes/s of an elementwise pass over `num_bytes` of float32 (read once,
-  written once): the memory roofline the attention rows are held to."""
-  x = cases.normal(0, (num_bytes // 4,), jnp.float32)
-  double = jax.jit(lambda x: x * 2).lower(x).compile()
-  seconds = median_seconds(lambda: double(x), repeats)
-  moved = 2.0 * x.size * 4
-  return {'bytes': moved, 'seconds': seconds,
-          'gb_per_s': moved / seconds / 1e9}
 
 
 def predicted_seconds(flops: float, ceiling_flops: float,
@@ -280,7 +221,7 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
   """The PyTorch peers, each credited with its JAX twin's XLA FLOPs and
   bytes; every row is marked skipped when torch is `unavailable`."""
   if torch is not None:
-    torch.set_num_threads(available_cpus())
+    torch.set_num_threads(machine.available_cpus())
   twins = {(r['name'], r['mode'], r['length']): r for r in jax_rows}
   rows = []
   if 'op' not in config.groups:
@@ -298,7 +239,7 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
         seconds = None
         if skipped is None:
           call = cases.torch_calls(torch, config.sizes, name, length,
-                                   torch_device(torch))[mode]
+                                   machine.torch_device(torch))[mode]
           seconds = median_seconds(call, config.repeats)
         rows.append(make_row(
             'torch', 'op', name, mode, length, flops=flops, peak_bytes=None,
@@ -311,91 +252,13 @@ def torch_rows(torch: Any, unavailable: Optional[str], config: BenchmarkConfig,
 
 
 def compile_vs_depth(config: BenchmarkConfig) -> list[Row]:
-  """Train-step compile seconds per family and depth, at the first length
-  (blocks are under nn.scan: the program should not grow with depth), cold
-  and warm: with JAX's in-memory caches cleared, first with the program not
-  in a fresh persistent compilation cache (tracing, lowering, XLA's compile
-  and writing it), then again, loading it from there. Each also gives the
-  seconds XLA's compile took and whether the persistent cache answered."""
+  """The train step's compile time, cold and warm, at each of the config's
+  depths and the first length (none unless the train step is measured)."""
   if 'train_step' not in config.groups or not config.compile_depths:
     return []
-  with fresh_persistent_cache():
-    return [_compile_cold_and_warm(config.sizes, family, config.lengths[0],
-                                   depth)
-            for family in config.compile_families
-            for depth in config.compile_depths]
-
-
-def _compile_cold_and_warm(sizes: cases.Sizes, family: str, length: int,
-                           depth: int) -> Row:
-  case = cases.train_step_case(sizes, family, length, depth)
-  specs = jax.eval_shape(case.inputs)
-  row = {'name': case.name, 'num_layers': depth, 'length': length}
-  for prefix in ('', 'warm_'):
-    jax.clear_caches()
-    with _compile_events() as events:
-      cost = compiled_cost(case.modes[cases.TRAIN_STEP], *specs)
-    row.update({f'{prefix}compile_seconds': cost['compile_seconds'],
-                f'{prefix}xla_compile_seconds': events['xla_seconds'],
-                f'{prefix}cache_hit': events['cache_hits'] > 0})
-  return {**row, 'flops': cost['flops'], 'peak_bytes': cost['peak_bytes']}
-
-
-@contextlib.contextmanager
-def _compile_events() -> Iterator[dict[str, float]]:
-  """Seconds in XLA's compile and persistent-cache hits during the block."""
-  events = {'xla_seconds': 0.0, 'cache_hits': 0}
-
-  def on_duration(event, seconds, **_):
-    if event == dispatch.BACKEND_COMPILE_EVENT:
-      events['xla_seconds'] += seconds
-
-  def on_event(event, **_):
-    if event == '/jax/compilation_cache/cache_hits':
-      events['cache_hits'] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(on_duration)
-  jax.monitoring.register_event_listener(on_event)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(on_duration)
-    jax.monitoring.unregister_event_listener(on_event)
-
-
-def _cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
-def machine(torch: Any, command: Sequence[str]) -> dict[str, Any]:
-  """Devices, CPU, library versions, allocator/XLA env vars, the malloc
-  settings simmim_jax applied (allocator.py), command line."""
-  return {
-      'devices': [str(d) for d in jax.devices()],
-      'platform': jax.default_backend(),
-      'os': platform.platform(),
-      'cpu': _cpu_model(),
-      'cpu_count': os.cpu_count(),
-      'cpus_available': available_cpus(),
-      'versions': {'python': platform.python_version(),
-                   'jax': jax.__version__,
-                   'jaxlib': jaxlib.__version__,
-                   'flax': flax.__version__, 'optax': optax.__version__,
-                   'numpy': np.__version__,
-                   'torch': None if torch is None else torch.__version__},
-      'torch_threads': None if torch is None else torch.get_num_threads(),
-      'torch_device': None if torch is None else torch_device(torch),
-      'env': {name: os.environ.get(name) for name in ENV_VARS},
-      'malloc_set_on_import': dict(allocator.applied),
-      'command': ' '.join(command),
-  }
+  return compile_time.compile_vs_depth(config.sizes, config.compile_families,
+                                       config.compile_depths,
+                                       config.lengths[0])
 
 
 def run(config: BenchmarkConfig, out_dir: str,
@@ -416,33 +279,13 @@ def run(config: BenchmarkConfig, out_dir: str,
   return report
 
 
-@contextlib.contextmanager
-def fresh_persistent_cache() -> Iterator[str]:
-  """JAX's persistent compilation cache in a new empty directory, keeping
-  every program, for the block; the process's own setting after."""
-  directory = tempfile.mkdtemp(prefix='simmim_jax_benchmark_cache_')
-  saved = {name: getattr(jax.config, name) for name in (
-      'jax_compilation_cache_dir',
-      'jax_persistent_cache_min_compile_time_secs')}
-  jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  compilation_cache.reset_cache()
-  try:
-    yield directory
-  finally:
-    for name, value in saved.items():
-      jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def _measure(config: BenchmarkConfig,
              command: Optional[Sequence[str]]) -> dict[str, Any]:
-  torch, unavailable = import_torch()
-  ceiling = measure_ceiling(config.ceiling_size, config.sizes.compute_dtype,
-                            config.repeats)
+  torch, unavailable = machine.import_torch()
+  ceiling = machine.measure_ceiling(
+      config.ceiling_size, config.sizes.compute_dtype, config.repeats)
   ceiling_flops = ceiling['gflops_per_s'] * 1e9
-  bandwidth = measure_bandwidth(config.bandwidth_bytes, config.repeats)
+  bandwidth = machine.measure_bandwidth(config.bandwidth_bytes, config.repeats)
   all_cases = [case for case in cases.jax_cases(
       config.sizes, config.lengths, config.train_step_lengths or config.lengths,
       config.train_step_families, config.decode_lengths or config.lengths,
@@ -454,7 +297,8 @@ def _measure(config: BenchmarkConfig,
   rows += torch_rows(torch, unavailable, config, rows, ceiling_flops,
                      bandwidth['gb_per_s'] * 1e9)
   return {
-      'machine': machine(torch, sys.argv if command is None else command),
+      'machine': machine.describe(
+          torch, sys.argv if command is None else command),
       'config': dataclasses.asdict(config), 'ceiling': ceiling,
       'bandwidth': bandwidth, 'rows': rows,
       'compile_vs_depth': compile_vs_depth(config),

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmark import cases as benchmark_cases
-from experiments.benchmark import suite as benchmarks
+from experiments.benchmark import machine as benchmark_machine
 import simmim_jax
 from simmim_jax import allocator
 from simmim_jax.cost import jaxpr_flops
@@ -478,9 +478,9 @@ def main(argv):
             f'{jax.devices()[0].platform.upper()} devices')
     calls.update(_split_heads_calls(name, q, k, v, cotangent, want))
     names.append(name)
-  torch, unavailable = benchmarks.import_torch()
+  torch, unavailable = benchmark_machine.import_torch()
   if torch is not None:
-    torch.set_num_threads(benchmarks.available_cpus())
+    torch.set_num_threads(benchmark_machine.available_cpus())
     peer = benchmark_cases.torch_calls(torch, benchmark_cases.Sizes(),
                                        'torch_sdpa_segments', length, 'cpu')
     torch_name = f'PyTorch {torch.__version__} SDPA on segments'
