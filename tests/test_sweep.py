@@ -163,6 +163,21 @@ def test_group_rows_merges_seeds_per_variant():
                        '| 1/2 | local | - | 0.25 |', '| 0/1 | - | masked | - |']
 
 
+def test_families_sweep_takes_seeds_and_families():
+  path = os.path.join(os.path.dirname(__file__), os.pardir, 'experiments',
+                      'sweeps', 'families.py')
+  assert sweep.load_sweep(path + ':2,simmim,local') == [
+      {'model.family': 'simmim', 'seed': 0},
+      {'model.family': 'local', 'seed': 0},
+      {'model.family': 'simmim', 'seed': 1},
+      {'model.family': 'local', 'seed': 1}]
+  assert [p['model.family'] for p in sweep.load_sweep(path)] == [
+      'simmim', 'local', 'transformer'] * 3
+  for bad in ('0', 'two', '2,simmim,simmim', '2,mamba'):
+    with pytest.raises(ValueError, match='variant'):
+      sweep.load_sweep(f'{path}:{bad}')
+
+
 # --- A real sweep, interrupted twice ----------------------------------------
 
 _SWEEP_FILE = '''
@@ -354,3 +369,4 @@ def test_ablations_notebook_runs_on_the_sweep(killed_sweep, monkeypatch):
   text = ''.join(o.get('text', '') for o in outputs)
   assert 'family=simmim' in text or 'simmim' in text
   assert any('image/png' in o.get('data', {}) for o in outputs)
+
