@@ -178,6 +178,18 @@ def test_families_sweep_takes_seeds_and_families():
       sweep.load_sweep(f'{path}:{bad}')
 
 
+def test_listops_long_sweep_puts_the_transformer_first_or_leaves_it_out():
+  path = os.path.join(os.path.dirname(__file__), os.pardir, 'experiments',
+                      'sweeps', 'listops_long.py')
+  simmim = [{'model.family': 'simmim', 'seed': s} for s in (0, 1)]
+  assert sweep.load_sweep(path + ':0') == simmim
+  assert sweep.load_sweep(path + ':2') == (
+      [{'model.family': 'transformer', 'seed': 0}] + simmim +
+      [{'model.family': 'transformer', 'seed': 1}])
+  with pytest.raises(ValueError, match='variant'):
+    sweep.load_sweep(f'{path}:one')
+
+
 # --- A real sweep, interrupted twice ----------------------------------------
 
 _SWEEP_FILE = '''
