@@ -20,8 +20,6 @@ def get_sweep(variant: str = '1'):
     raise ValueError(f"variant is the transformer's number of seeds (>= 0), "
                      f'got {variant!r}')
   simmim = sweep.with_seeds([{'model.family': 'simmim'}], 2)
-  if variant == '0':
-    return simmim
   transformer = sweep.with_seeds([{'model.family': 'transformer'}],
                                  int(variant))
-  return transformer[:1] + simmim + transformer[1:]
+  return transformer[:1] + simmim + transformer[1:]  # 0 seeds: SimMIM's alone
